@@ -1,0 +1,130 @@
+"""Dense optical flow between slices (OpenCV Farnebäck) and flow-based warping (cv2.remap).
+
+Convention: ``flow = estimate_flow(a, b)`` has shape (H, W, 2) with (dx, dy) in pixels such
+that ``a[y, x] ~ b[y + dy, x + dx]``: a structure at x in ``a`` moved to x + flow(x) in ``b``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FarnebackParams:
+    """Parameters of ``cv2.calcOpticalFlowFarneback``; defaults follow the OF-FIBSEM paper
+    (3 pyramid levels, 129 px window) and the reference of ../shared/EVALUATION.md."""
+
+    pyr_scale: float = 0.5
+    levels: int = 3
+    winsize: int = 129
+    iterations: int = 3
+    poly_n: int = 7
+    poly_sigma: float = 1.5
+    flags: int = 0
+
+    def __post_init__(self):
+        if not 0 < self.pyr_scale < 1:
+            raise ValueError(f"pyr_scale must be in (0, 1), got {self.pyr_scale}")
+        if self.levels < 1:
+            raise ValueError(f"levels must be >= 1, got {self.levels}")
+        if self.winsize < 3:
+            raise ValueError(f"winsize must be >= 3, got {self.winsize}")
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if self.poly_n not in (5, 7):
+            raise ValueError(f"poly_n must be 5 or 7, got {self.poly_n}")
+
+    def halo(self) -> int:
+        """Y/x context a tile needs: the smoothing window at the coarsest pyramid level,
+        mapped back to full resolution (capped: beyond ~1 window the influence is tiny)."""
+        coarsest = (1.0 / self.pyr_scale) ** (self.levels - 1)
+        return int(min(self.winsize * coarsest / 2, 2 * self.winsize))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def to_uint8(image: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+    """Image scaled to 0..255 uint8 for Farnebäck (float input in [0, 1] gives ~zero flow)."""
+    if image.dtype == np.uint8:
+        return np.ascontiguousarray(image)
+    lo, hi = value_range
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    return cv2.convertScaleAbs(image.astype(np.float32), alpha=scale, beta=-lo * scale)
+
+
+def estimate_flow(
+    a: np.ndarray,
+    b: np.ndarray,
+    params: FarnebackParams = FarnebackParams(),
+    value_range: tuple[float, float] = (0.0, 255.0),
+) -> np.ndarray:
+    """Farnebäck flow from slice ``a`` to slice ``b``: (H, W, 2) float32 (dx, dy) in pixels.
+
+    >>> a = np.zeros((64, 64), np.uint8); a[20:40, 20:40] = 200
+    >>> b = np.roll(a, 3, axis=1)
+    >>> round(float(estimate_flow(a, b, FarnebackParams(winsize=15))[30, 30, 0]))
+    3
+    """
+    a8 = to_uint8(a, value_range)
+    b8 = to_uint8(b, value_range)
+    p = params
+    return cv2.calcOpticalFlowFarneback(
+        a8, b8, None, p.pyr_scale, p.levels, p.winsize, p.iterations, p.poly_n, p.poly_sigma,
+        p.flags,
+    )
+
+
+_GRID_CACHE: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _grid(h: int, w: int):
+    key = (h, w)
+    grid = _GRID_CACHE.get(key)
+    if grid is None:
+        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        grid = _GRID_CACHE[key] = (gx, gy)
+        if len(_GRID_CACHE) > 16:
+            _GRID_CACHE.pop(next(iter(_GRID_CACHE)))
+    return grid
+
+
+def warp(image: np.ndarray, flow: np.ndarray, scale: float) -> np.ndarray:
+    """Backward warp: ``out(x) = image(x + scale * flow(x))`` (bilinear, reflected border).
+
+    With ``flow = estimate_flow(a, b)`` and ``scale = -t`` this moves ``a`` a fraction t of
+    the way toward ``b``.
+    """
+    h, w = image.shape
+    gx, gy = _grid(h, w)
+    map_x = cv2.scaleAdd(flow[..., 0], scale, gx)
+    map_y = cv2.scaleAdd(flow[..., 1], scale, gy)
+    src = image if image.dtype != np.float64 else image.astype(np.float32)
+    out = cv2.remap(src, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    return out.astype(image.dtype, copy=False)
+
+
+def flow_to_rgb(flow: np.ndarray, max_magnitude: float | None = None) -> np.ndarray:
+    """Colour-wheel image of a flow field (hue = direction, brightness = magnitude), uint8 RGB."""
+    mag, ang = cv2.cartToPolar(flow[..., 0], flow[..., 1], angleInDegrees=True)
+    vmax = float(max_magnitude) if max_magnitude else float(np.percentile(mag, 99) or 1.0)
+    hsv = np.empty(flow.shape[:2] + (3,), np.uint8)
+    hsv[..., 0] = (ang / 2).astype(np.uint8)
+    hsv[..., 1] = 255
+    hsv[..., 2] = np.clip(mag / max(vmax, 1e-6) * 255, 0, 255).astype(np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def flow_vectors(flow: np.ndarray, step: int = 16, scale: float = 1.0) -> np.ndarray:
+    """napari Vectors data (N, 2, 2) on a subsampled grid: [[y, x], [dy, dx] * scale]."""
+    h, w = flow.shape[:2]
+    ys, xs = np.mgrid[step // 2:h:step, step // 2:w:step]
+    d = flow[ys, xs]
+    vec = np.empty((ys.size, 2, 2), np.float32)
+    vec[:, 0, 0] = ys.ravel()
+    vec[:, 0, 1] = xs.ravel()
+    vec[:, 1, 0] = d[..., 1].ravel() * scale
+    vec[:, 1, 1] = d[..., 0].ravel() * scale
+    return vec

@@ -1,0 +1,93 @@
+"""The output grid of a z-reconstruction (../shared/EVALUATION.md, "Grid convention").
+
+A reconstruction at factor F maps Z input slices to ``floor((Z - 1) * F) + 1`` output slices;
+output slice i lies at input z-coordinate ``i / F``. Factors are handled as exact fractions so
+that knots (integer z) are found without floating-point doubt, also for F = 2.5.
+"""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from numbers import Real
+
+import numpy as np
+
+#: Factors are represented exactly up to this denominator (2.5 -> 5/2, 2.7 -> 27/10).
+MAX_DENOMINATOR = 1000
+
+
+def parse_factor(factor) -> Fraction:
+    """Return ``factor`` as an exact :class:`~fractions.Fraction` > 1, or raise ValueError.
+
+    Accepts ints, floats and strings such as ``"4"`` or ``"2.5"``.
+    """
+    if isinstance(factor, Fraction):
+        value = factor
+    else:
+        if isinstance(factor, str):
+            text = factor.strip()
+            try:
+                number = float(text)
+            except ValueError:
+                raise ValueError(
+                    f"factor must be a number > 1 (e.g. 4 or 2.5), got {factor!r}"
+                ) from None
+        elif isinstance(factor, (Real, np.number)) and not isinstance(factor, bool):
+            number = float(factor)
+        else:
+            raise ValueError(f"factor must be a number > 1 (e.g. 4 or 2.5), got {factor!r}")
+        if not math.isfinite(number):
+            raise ValueError(f"factor must be a finite number > 1, got {factor!r}")
+        value = Fraction(number).limit_denominator(MAX_DENOMINATOR)
+    if value <= 1:
+        raise ValueError(
+            f"factor must be > 1 (the output has factor times more slices), got {float(value):g}"
+        )
+    return value
+
+
+def is_integer_factor(factor) -> bool:
+    return parse_factor(factor).denominator == 1
+
+
+def output_length(n_slices: int, factor) -> int:
+    """Number of output slices for ``n_slices`` input slices: ``floor((n - 1) * F) + 1``."""
+    f = parse_factor(factor)
+    return math.floor((n_slices - 1) * f) + 1
+
+
+def output_positions(n_slices: int, factor) -> list[Fraction]:
+    """Input z-coordinate (exact) of every output slice: ``i / F``."""
+    f = parse_factor(factor)
+    return [Fraction(i) / f for i in range(output_length(n_slices, f))]
+
+
+def knot_output_indices(n_slices: int, factor) -> np.ndarray:
+    """Output indices that coincide with an input slice (t == 0)."""
+    return np.array(
+        [i for i, z in enumerate(output_positions(n_slices, factor)) if z.denominator == 1],
+        dtype=np.int64,
+    )
+
+
+def restored_output_indices(n_slices: int, factor) -> np.ndarray:
+    """Output indices that a method has to invent (not knots)."""
+    return np.array(
+        [i for i, z in enumerate(output_positions(n_slices, factor)) if z.denominator != 1],
+        dtype=np.int64,
+    )
+
+
+def intervals(n_slices: int, factor) -> list[tuple[int, list[tuple[int, Fraction]]]]:
+    """Group output slices by the knot interval they fall in.
+
+    Returns ``[(k, [(i, z), ...]), ...]`` in z order, where every output slice i with
+    ``k <= z < k + 1`` belongs to interval k; the last output slice (z = n - 1, a knot) is put
+    in the last interval so that every slice is listed exactly once.
+    """
+    groups: dict[int, list[tuple[int, Fraction]]] = {}
+    last = n_slices - 2
+    for i, z in enumerate(output_positions(n_slices, factor)):
+        k = min(math.floor(z), last)
+        groups.setdefault(k, []).append((i, z))
+    return sorted(groups.items())

@@ -1,0 +1,185 @@
+"""The one interface every reconstruction method implements, and the method registry.
+
+A method renders output slices at arbitrary z-positions from a *block* of input slices
+(knots). The engine (``napari_zup.engine``) cuts the volume into blocks along z (with
+``z_context`` extra knots on each side) and tiles along y/x (with ``halo(...)`` extra pixels),
+calls :meth:`Method.render` on each piece and stitches the results. A method therefore never
+sees the whole volume and never deals with tiling, streaming, dtypes on disk or cancellation.
+
+Adding a method = one module that subclasses :class:`Method` and calls :func:`register`.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What a user needs to know to pick a method (shown by ``zup methods`` and the widgets)."""
+
+    name: str
+    #: "pair": interpolates between neighbouring slices (one z-interval at a time);
+    #: "axial": restores xz/yz planes of a z-slab.
+    kind: str
+    description: str
+    #: Non-integer factors (e.g. 2.5) are supported.
+    fractional: bool = True
+    #: Fewest input slices the method can work with.
+    min_slices: int = 2
+    needs_checkpoint: bool = False
+    #: "cpu" or "cpu, cuda, mps" etc.
+    devices: tuple[str, ...] = ("cpu",)
+
+
+@dataclass
+class RenderResult:
+    """Slices rendered by a method for one block/tile.
+
+    slices: (n_positions, H, W), same dtype as the block (rounded and clipped for integers).
+    flows:  optional list (one per position) of (H, W, 2) float32 displacement fields in
+            pixels, (dx, dy), of "what moved" between the knots that slice lies between
+            (first knot -> second knot). Methods without a notion of flow return None.
+    """
+
+    slices: np.ndarray
+    flows: list[np.ndarray] | None = None
+
+
+class Method:
+    """Base class of all methods.
+
+    Subclasses set ``info`` and implement :meth:`render`; they may override ``z_context``,
+    :meth:`halo` and ``copies_knots``.
+    """
+
+    info: ClassVar[MethodInfo]
+    #: Extra knots the method needs on each side of the z-range it renders (cubic: 1).
+    z_context: ClassVar[int] = 0
+    #: Knots are passed through unchanged (EVALUATION.md: interpolating methods copy knots).
+    #: When True the engine copies knots itself and never asks ``render`` for them.
+    copies_knots: ClassVar[bool] = True
+    #: Number of z-intervals the engine hands over at once (1 for pair interpolators; axial
+    #: restorers see a longer slab).
+    slab_intervals: ClassVar[int] = 1
+
+    def halo(self) -> int:
+        """Pixels of y/x context a tile needs so that tiled output equals untiled output."""
+        return 0
+
+    def render(
+        self,
+        block: np.ndarray,
+        positions: Sequence[float],
+        *,
+        value_range: tuple[float, float],
+        want_flows: bool = False,
+    ) -> RenderResult:
+        """Render slices of ``block`` (n, H, W) at z-``positions`` in block coordinates.
+
+        ``positions`` are floats in ``[0, n - 1]`` (0 = first slice of the block).
+        ``value_range`` = (lo, hi) of the intensity scale (dtype range for integers, the
+        volume's min/max for floats): learned methods map it to [0, 1].
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Free resources (models, threads). Called by the engine when a run ends."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.info.name}>"
+
+
+# -- registry ---------------------------------------------------------------------------------
+
+@dataclass
+class _Entry:
+    info: MethodInfo
+    factory: Callable[..., Method] | str  # class or "module:Class" (lazy import of torch models)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register(info: MethodInfo, factory: Callable[..., Method] | str) -> None:
+    """Register a method under ``info.name``. ``factory`` may be "package.module:Class" so
+    that heavy imports (torch models) happen only when the method is used."""
+    _REGISTRY[info.name] = _Entry(info, factory)
+
+
+def method_names() -> list[str]:
+    _load_builtin()
+    return list(_REGISTRY)
+
+
+def method_infos() -> list[MethodInfo]:
+    _load_builtin()
+    return [e.info for e in _REGISTRY.values()]
+
+
+def get_info(name: str) -> MethodInfo:
+    _load_builtin()
+    try:
+        return _REGISTRY[name].info
+    except KeyError:
+        raise ValueError(
+            f"unknown method {name!r}; choose one of: {', '.join(_REGISTRY)}"
+        ) from None
+
+
+def create_method(name: str, **params) -> Method:
+    """Instantiate method ``name`` with its keyword parameters (e.g. ``winsize=129``)."""
+    info = get_info(name)
+    factory = _REGISTRY[name].factory
+    if isinstance(factory, str):
+        module_name, _, attr = factory.partition(":")
+        factory = getattr(importlib.import_module(module_name), attr)
+    try:
+        return factory(**params)
+    except TypeError as exc:
+        raise ValueError(f"method {info.name!r}: bad parameters {params}: {exc}") from None
+
+
+_BUILTIN_MODULES = (
+    "napari_zup.methods.classical",
+    "napari_zup.methods.optical_flow",
+    "napari_zup.methods.learned_registry",
+)
+_loaded = False
+
+
+def _load_builtin() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for mod in _BUILTIN_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:  # a real missing dependency inside the module: surface it
+                raise
+
+
+# -- helpers shared by methods ----------------------------------------------------------------
+
+def to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Round and clip float ``values`` into integer ``dtype`` (floats pass through)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    return values.astype(dtype, copy=False)
+
+
+def dtype_value_range(dtype) -> tuple[float, float] | None:
+    """(lo, hi) for integer dtypes; None for floats (use the data's min/max)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return float(info.min), float(info.max)
+    return None
