@@ -1,0 +1,357 @@
+"""Reading and writing volumes with their voxel size: TIFF (ImageJ or OME metadata) and
+Zarr / OME-Zarr.
+
+Voxel sizes are (z, y, x) in ``unit`` (nm by default). Every writer writes under a temporary
+name beside the target and renames only on success, so an interrupted or failed write never
+leaves an output that looks complete; the input file is never opened for writing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+#: Above this many bytes a TIFF input is opened lazily (dask over tifffile's zarr interface).
+LAZY_BYTES = 1 << 30
+#: Above this many bytes the TIFF output is a BigTIFF (OME metadata: ImageJ has no BigTIFF).
+BIGTIFF_BYTES = (1 << 32) - (1 << 25)
+
+_UNIT_TO_NM = {"nm": 1.0, "nanometer": 1.0, "um": 1e3, "µm": 1e3, "\\u00B5m": 1e3,
+               "micron": 1e3, "micrometer": 1e3, "mm": 1e6, "millimeter": 1e6, "pm": 1e-3,
+               "angstrom": 0.1, "Å": 0.1}
+
+
+@dataclass
+class Volume:
+    """A 3D stack and what we know about it."""
+
+    data: object  # numpy or dask array (z, y, x)
+    voxel_size: tuple[float, float, float] | None = None  # (z, y, x) in `unit`
+    unit: str = "nm"
+    metadata: dict = field(default_factory=dict)
+    path: str | None = None
+
+    @property
+    def anisotropy(self) -> float | None:
+        """z step / xy pixel size, or None when the voxel size is unknown."""
+        if not self.voxel_size or not self.voxel_size[2]:
+            return None
+        return self.voxel_size[0] / self.voxel_size[2]
+
+
+class VolumeReadError(ValueError):
+    """The file cannot be read as a volume; the message says why."""
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+def read_volume(path, level: int = 0, lazy: bool | None = None) -> Volume:
+    """Read a TIFF stack or a Zarr/OME-Zarr store, with its voxel size when recorded.
+
+    ``lazy``: None = numpy for small TIFFs, dask above 1 GiB (Zarr is always lazy).
+    ``level``: the OME-Zarr multiscale level to open (0 = full resolution).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise VolumeReadError(f"{str(p)!r} does not exist")
+    if p.is_dir() or p.suffix.lower() == ".zarr":
+        return _read_zarr(p, level)
+    if p.suffix.lower() in (".tif", ".tiff", ".btf", ".tf8"):
+        return _read_tiff(p, lazy)
+    raise VolumeReadError(
+        f"{p.name!r}: unsupported file type; napari-zup reads .tif/.tiff stacks and "
+        ".zarr / OME-Zarr folders"
+    )
+
+
+def _read_tiff(p: Path, lazy: bool | None) -> Volume:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(p) as tif:
+            series = tif.series[0]
+            shape, dtype, axes = series.shape, series.dtype, series.axes
+            voxel, unit, meta = _tiff_voxel_size(tif)
+            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            use_lazy = nbytes > LAZY_BYTES if lazy is None else lazy
+            if not use_lazy:
+                data = series.asarray()
+    except VolumeReadError:
+        raise
+    except Exception as exc:
+        raise VolumeReadError(
+            f"cannot read {p.name!r} as a TIFF stack ({type(exc).__name__}: {exc}); the file "
+            "may be truncated or corrupt"
+        ) from None
+    if use_lazy:
+        import dask.array as da
+        import zarr
+
+        store = tifffile.imread(p, aszarr=True)
+        data = da.from_zarr(zarr.open(store, mode="r"))
+    data = _squeeze_to_zyx(data, axes, p.name)
+    meta["source_axes"] = axes
+    return Volume(data, voxel, unit, meta, str(p))
+
+
+def _squeeze_to_zyx(data, axes: str, name: str):
+    """Drop singleton axes (T, C of ImageJ hyperstacks); keep anything else for validation."""
+    keep = [i for i, (ax, n) in enumerate(zip(axes, data.shape)) if n > 1 or ax in "ZYX"]
+    if len(keep) < data.ndim:
+        idx = tuple(slice(None) if i in keep else 0 for i in range(data.ndim))
+        data = data[idx]
+    return data
+
+
+def _tiff_voxel_size(tif):
+    meta: dict = {}
+    unit = "nm"
+    z = y = x = None
+    if tif.is_ome and tif.ome_metadata:
+        try:
+            root = ET.fromstring(tif.ome_metadata)
+            pix = next(el for el in root.iter() if el.tag.endswith("Pixels"))
+            sizes = []
+            for ax in "ZYX":
+                v = pix.get(f"PhysicalSize{ax}")
+                u = pix.get(f"PhysicalSize{ax}Unit", "µm")
+                sizes.append(float(v) * _unit_factor(u) if v else None)
+            z, y, x = sizes
+            meta["ome"] = True
+        except (ET.ParseError, StopIteration, ValueError):
+            pass
+    if tif.is_imagej and (z is None or x is None):
+        ij = tif.imagej_metadata or {}
+        meta["imagej"] = {k: v for k, v in ij.items() if isinstance(v, (str, int, float))}
+        factor = _unit_factor(ij.get("unit", "nm")) if ij.get("unit") else None
+        page = tif.pages[0]
+        res = page.tags.get("XResolution")
+        res_y = page.tags.get("YResolution")
+        if res is not None and factor is not None:
+            num, den = res.value
+            if num:
+                x = den / num * factor
+            if res_y is not None and res_y.value[0]:
+                y = res_y.value[1] / res_y.value[0] * factor
+        if "spacing" in ij and factor is not None:
+            z = float(ij["spacing"]) * factor
+    if x is None or z is None:
+        return None, unit, meta
+    y = y if y is not None else x
+    return (float(z), float(y), float(x)), unit, meta
+
+
+def _unit_factor(unit: str) -> float:
+    u = str(unit).strip().lower().replace("\\u00b5", "µ")
+    if u in ("micron", "microns", "um", "µm", "μm"):
+        return 1e3
+    if u in _UNIT_TO_NM:
+        return _UNIT_TO_NM[u]
+    raise VolumeReadError(f"unknown length unit {unit!r} in the file's metadata")
+
+
+def _read_zarr(p: Path, level: int) -> Volume:
+    import dask.array as da
+    import zarr
+
+    try:
+        node = zarr.open(str(p), mode="r")
+    except Exception as exc:
+        raise VolumeReadError(f"cannot open {p.name!r} as a Zarr store ({exc})") from None
+    attrs = dict(node.attrs)
+    ms = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if ms:
+        m = ms[0]
+        datasets = m["datasets"]
+        if not 0 <= level < len(datasets):
+            raise VolumeReadError(
+                f"{p.name!r} has {len(datasets)} multiscale levels (0..{len(datasets) - 1}); "
+                f"level {level} does not exist"
+            )
+        ds = datasets[level]
+        arr = node[ds["path"]]
+        scale = next((t["scale"] for t in ds.get("coordinateTransformations", [])
+                      if t.get("type") == "scale"), None)
+        axes = m.get("axes", [])
+        unit = next((a.get("unit") for a in axes if isinstance(a, dict) and a.get("unit")), None)
+        factor = _unit_factor(unit) if unit else 1.0
+        voxel = tuple(float(s) * factor for s in scale[-3:]) if scale else None
+        meta = {"ome_zarr": True, "level": level, "levels": len(datasets),
+                "zup": attrs.get("zup", {})}
+        return Volume(da.from_zarr(arr), voxel, "nm", meta, str(p))
+    if isinstance(node, zarr.Array):
+        return Volume(da.from_zarr(node), None, "nm", {}, str(p))
+    raise VolumeReadError(
+        f"{p.name!r} is a Zarr group without OME multiscales metadata; open the array inside "
+        "it (e.g. path/to/store.zarr/0)"
+    )
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+def check_output_path(path, overwrite: bool = False, nbytes: int | None = None) -> Path:
+    """Refuse an existing output (unless ``overwrite``), an unwritable folder, or too little
+    free disk space; return the path."""
+    p = Path(path)
+    if p.suffix.lower() not in (".tif", ".tiff", ".zarr"):
+        raise ValueError(f"output {p.name!r}: use a .tif/.tiff or .zarr name")
+    if p.exists() and not overwrite:
+        raise FileExistsError(f"output {str(p)!r} already exists; use --overwrite to replace it")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"output folder {str(parent)!r} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"output folder {str(parent)!r} is not writable; choose another")
+    if nbytes is not None:
+        free = shutil.disk_usage(parent).free
+        if nbytes > free:
+            raise OSError(
+                f"output needs about {nbytes / 1e9:.1f} GB but {str(parent)!r} has only "
+                f"{free / 1e9:.1f} GB free; choose another folder"
+            )
+    return p
+
+
+def _partial_name(p: Path) -> Path:
+    return p.with_name(f".{p.name}.partial-{os.getpid()}")
+
+
+def _commit(tmp: Path, p: Path) -> None:
+    if p.exists():
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    os.replace(tmp, p)
+
+
+def _remove(tmp: Path) -> None:
+    if tmp.is_dir():
+        shutil.rmtree(tmp, ignore_errors=True)
+    elif tmp.exists():
+        tmp.unlink()
+
+
+def write_volume(
+    path,
+    data,
+    voxel_size=None,
+    unit: str = "nm",
+    *,
+    shape=None,
+    dtype=None,
+    overwrite: bool = False,
+    metadata: dict | None = None,
+    chunks=None,
+) -> Path:
+    """Write a volume to ``path`` (.tif/.tiff or .zarr) with its voxel size.
+
+    ``data``: an array (numpy/dask) or an iterator of ``(z_index, slice)`` in z order (then
+    give ``shape`` and ``dtype``): slices are written as they come, so the volume is never
+    held in memory. Written under a temporary name and renamed on success.
+    """
+    if hasattr(data, "shape") and hasattr(data, "dtype"):
+        shape, dtype = tuple(data.shape), np.dtype(data.dtype)
+        items = ((z, data[z]) for z in range(shape[0]))
+    else:
+        if shape is None or dtype is None:
+            raise ValueError("writing from an iterator needs shape= and dtype=")
+        shape, dtype = tuple(shape), np.dtype(dtype)
+        items = iter(data)
+    if len(shape) != 3:
+        raise ValueError(f"write_volume writes 3D stacks (z, y, x), got shape {shape}")
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    p = check_output_path(path, overwrite, nbytes)
+    tmp = _partial_name(p)
+    _remove(tmp)
+    try:
+        if p.suffix.lower() == ".zarr":
+            _write_ome_zarr(tmp, items, shape, dtype, voxel_size, unit, metadata, chunks)
+        else:
+            _write_tiff(tmp, items, shape, dtype, voxel_size, unit, metadata, nbytes)
+        _commit(tmp, p)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return p
+
+
+def _ordered_slices(items: Iterable, shape) -> Iterator[np.ndarray]:
+    expected = 0
+    for z, sl in items:
+        if z != expected:
+            raise ValueError(f"slices must arrive in z order: expected {expected}, got {z}")
+        yield np.asarray(sl)
+        expected += 1
+    if expected != shape[0]:
+        raise ValueError(f"got {expected} slices, expected {shape[0]}: output incomplete")
+
+
+def _write_tiff(tmp: Path, items, shape, dtype, voxel_size, unit, metadata, nbytes):
+    import tifffile
+
+    slices = _ordered_slices(items, shape)
+    extra = {"zup": json.dumps(metadata)} if metadata else {}
+    if nbytes < BIGTIFF_BYTES:
+        kw = {"imagej": True, "metadata": {"axes": "ZYX", "unit": unit, **extra}}
+        if voxel_size:
+            z, y, x = voxel_size
+            kw["resolution"] = (1.0 / x, 1.0 / y)
+            kw["metadata"]["spacing"] = z
+    else:  # ImageJ has no BigTIFF: write OME-TIFF, whose metadata carries the voxel size
+        kw = {"bigtiff": True, "ome": True, "metadata": {"axes": "ZYX"}}
+        if voxel_size:
+            z, y, x = voxel_size
+            kw["metadata"].update(PhysicalSizeZ=z, PhysicalSizeY=y, PhysicalSizeX=x,
+                                  PhysicalSizeZUnit=unit, PhysicalSizeYUnit=unit,
+                                  PhysicalSizeXUnit=unit)
+    tifffile.imwrite(tmp, data=slices, shape=shape, dtype=dtype, **kw)
+
+
+def ome_zarr_attrs(shape, voxel_size, unit, metadata=None, n_levels: int = 1) -> dict:
+    """OME-Zarr 0.4 multiscales attributes (levels downsampled 2x in y/x each)."""
+    scale = list(voxel_size) if voxel_size else [1.0, 1.0, 1.0]
+    datasets = [{"path": str(i), "coordinateTransformations": [
+        {"type": "scale", "scale": [scale[0], scale[1] * 2 ** i, scale[2] * 2 ** i]}]}
+        for i in range(n_levels)]
+    attrs = {"multiscales": [{
+        "version": "0.4",
+        "name": "zup",
+        "axes": [{"name": a, "type": "space", "unit": _ome_unit(unit)} for a in "zyx"],
+        "datasets": datasets,
+    }]}
+    if metadata:
+        attrs["zup"] = metadata
+    return attrs
+
+
+def _ome_unit(unit: str) -> str:
+    return {"nm": "nanometer", "um": "micrometer", "µm": "micrometer"}.get(unit, unit)
+
+
+def default_chunks(shape) -> tuple[int, int, int]:
+    return (min(shape[0], 16), min(shape[1], 512), min(shape[2], 512))
+
+
+def _write_ome_zarr(tmp: Path, items, shape, dtype, voxel_size, unit, metadata, chunks):
+    import zarr
+
+    chunks = tuple(chunks) if chunks else default_chunks(shape)
+    root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
+    arr = root.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+    root.attrs.update(ome_zarr_attrs(shape, voxel_size, unit, metadata))
+    cz = chunks[0]
+    buf = np.empty((cz,) + tuple(shape[1:]), dtype)
+    start = 0
+    for n, sl in enumerate(_ordered_slices(items, shape)):
+        buf[n - start] = sl
+        if n - start + 1 == cz or n + 1 == shape[0]:
+            arr[start:n + 1] = buf[:n - start + 1]
+            start = n + 1
