@@ -1,0 +1,459 @@
+"""``zup``: the command-line twin of the napari widgets.
+
+    zup methods
+    zup reconstruct IN OUT --method of-linear --factor 4
+    zup evaluate IN --factor 4 --methods linear,cubic,of-linear,of-cubic --json scores.json
+    zup flow IN OUT
+    zup train film|tsain|niiv|a2i ...
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, grid
+from .engine import Progress, iter_reconstruct, make_plan, validate_volume
+from .io import Volume, VolumeReadError, check_output_path, read_volume, write_volume
+from .methods.base import create_method, get_info, method_infos
+
+#: `zup train METHOD ...` is handed to "module:function"(method, argv) of the learned methods.
+TRAINERS = {
+    "film": "napari_zup.training.interp:main",
+    "tsain": "napari_zup.training.interp:main",
+    "niiv": "napari_zup.training.axial:main",
+    "a2i": "napari_zup.training.axial:main",
+}
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _fail(msg: str) -> None:
+    raise CLIError(msg)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+def resolve_factor(text: str, volume: Volume) -> grid.Fraction:
+    """``--factor``: a number, or ``auto`` = round(z step / xy pixel size) from metadata."""
+    if str(text).strip().lower() == "auto":
+        a = volume.anisotropy
+        if a is None:
+            _fail(f"--factor auto: {Path(volume.path).name!r} records no voxel size; "
+                  "give the factor as a number (e.g. --factor 4)")
+        f = round(a)
+        if f < 2:
+            _fail(f"--factor auto: the stack is already near isotropic (z/xy = {a:.2f}); "
+                  "nothing to do, or give a factor explicitly")
+        return grid.parse_factor(f)
+    try:
+        return grid.parse_factor(text)
+    except ValueError as exc:
+        _fail(f"--factor: {exc}")
+
+
+def parse_params(args) -> dict:
+    params: dict = {}
+    for item in args.param or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(f"--param expects key=value, got {item!r}")
+        try:
+            params[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip()] = value
+    for name in ("winsize", "levels", "iterations", "poly_n", "poly_sigma", "pyr_scale"):
+        value = getattr(args, name, None)
+        if value is not None:
+            params[name] = value
+    if getattr(args, "checkpoint", None):
+        params["checkpoint"] = args.checkpoint
+    if getattr(args, "device", None) and args.device != "auto":
+        params["device"] = args.device
+    return params
+
+
+def _method_params(method: str, params: dict) -> dict:
+    """Keep only the parameters that apply to ``method`` (Farnebäck ones go to of-*)."""
+    info = get_info(method)
+    farneback = {"winsize", "levels", "iterations", "poly_n", "poly_sigma", "pyr_scale", "flags"}
+    out = {}
+    for k, v in params.items():
+        if k in farneback and not info.name.startswith("of-"):
+            continue
+        if k in ("checkpoint", "device") and not info.needs_checkpoint:
+            continue
+        out[k] = v
+    return out
+
+
+def _read(path: str) -> Volume:
+    try:
+        return read_volume(path)
+    except VolumeReadError as exc:
+        _fail(str(exc))
+
+
+class _StderrProgress:
+    def __init__(self, total: int, label: str, every: float = 2.0):
+        self.progress = Progress(total)
+        self.label = label
+        self.every = every
+        self.last = 0.0
+
+    def update(self, n: int = 1) -> None:
+        self.progress.update(n)
+        now = time.perf_counter()
+        if now - self.last >= self.every or self.progress.done == self.progress.total:
+            self.last = now
+            print(f"{self.label}: {self.progress}", file=sys.stderr, flush=True)
+
+
+def _add_farneback(p):
+    g = p.add_argument_group("Farnebäck flow (of-linear, of-cubic, flow)")
+    g.add_argument("--winsize", type=int, help="averaging window (default 129)")
+    g.add_argument("--levels", type=int, help="pyramid levels (default 3)")
+    g.add_argument("--iterations", type=int, help="iterations per level (default 3)")
+    g.add_argument("--poly-n", dest="poly_n", type=int, help="polynomial neighbourhood 5 or 7 "
+                   "(default 7)")
+    g.add_argument("--poly-sigma", dest="poly_sigma", type=float, help="default 1.5")
+    g.add_argument("--pyr-scale", dest="pyr_scale", type=float, help="default 0.5")
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+def cmd_methods(args) -> int:
+    from .devices import available_devices
+
+    rows = [("name", "kind", "factors", "checkpoint", "devices", "description")]
+    here = set(available_devices())
+    for info in method_infos():
+        factors = "any > 1" if info.fractional else "integer >= 2"
+        devices = ", ".join(d for d in info.devices if d in here) or "cpu"
+        rows.append((info.name, "interpolates between slices" if info.kind == "pair"
+                     else "restores axial planes", factors,
+                     "yes" if info.needs_checkpoint else "no", devices, info.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5])
+    return 0
+
+
+def cmd_reconstruct(args) -> int:
+    vol = _read(args.input)
+    factor = resolve_factor(args.factor, vol)
+    params = _method_params(args.method, parse_params(args))
+    out = Path(args.output)
+    try:
+        check_output_path(out, args.overwrite)
+        validate_volume(vol.data, get_info(args.method).min_slices, args.method)
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    voxel = None
+    if vol.voxel_size:
+        z, y, x = vol.voxel_size
+        voxel = (z / float(factor), y, x)
+    meta = {"method": args.method, "factor": str(factor), "params": params,
+            "source": str(Path(args.input).name), "napari_zup": __version__}
+    if out.suffix.lower() == ".zarr" and (args.workers or args.scheduler):
+        return _reconstruct_distributed(args, vol, factor, params, voxel, meta)
+    try:
+        method = create_method(args.method, **params)
+    except ValueError as exc:
+        _fail(str(exc))
+    try:
+        plan = make_plan(vol.data, args.method, factor, args.tile_size, method)
+        nbytes = plan.out_nbytes
+        print(f"zup: {args.method} x{float(factor):g}: {plan.in_shape} -> {plan.out_shape} "
+              f"{plan.dtype}, {nbytes / 1e6:.0f} MB -> {out}", file=sys.stderr)
+        check_output_path(out, args.overwrite, nbytes)
+        progress = _StderrProgress(plan.out_shape[0], "reconstruct")
+
+        def items():
+            for z, sl in iter_reconstruct(vol.data, method, factor, tile_size=args.tile_size,
+                                          workers=args.threads, value_range=plan.value_range):
+                progress.update()
+                yield z, sl
+
+        write_volume(out, items(), voxel, vol.unit, shape=plan.out_shape, dtype=plan.dtype,
+                     overwrite=args.overwrite, metadata=meta)
+    except (ValueError, OSError, MemoryError) as exc:
+        _fail(str(exc))
+    finally:
+        method.close()
+    print(f"zup: wrote {out} in {progress.progress.elapsed:.1f} s", file=sys.stderr)
+    if args.montage:
+        from .montage import save_montage
+
+        save_montage(args.montage, vol.data, read_volume(out).data, factor,
+                     title=f"{Path(args.input).name}: {args.method} x{float(factor):g}")
+        print(f"zup: montage {args.montage}", file=sys.stderr)
+    return 0
+
+
+def _reconstruct_distributed(args, vol, factor, params, voxel, meta) -> int:
+    try:
+        from .distributed import reconstruct_to_zarr
+    except ImportError as exc:
+        _fail(f"distributed runs need the 'distributed' extra ({exc})")
+    progress = None
+
+    def on_progress(done, total):
+        nonlocal progress
+        if progress is None:
+            progress = _StderrProgress(total, "chunks")
+        progress.update(done - progress.progress.done)
+
+    try:
+        reconstruct_to_zarr(args.input, args.output, args.method, factor, method_params=params,
+                            workers=args.workers, scheduler=args.scheduler,
+                            overwrite=args.overwrite, resume=not args.no_resume,
+                            levels=args.pyramid_levels, progress=on_progress)
+    except (ValueError, OSError, ConnectionError, TimeoutError) as exc:
+        _fail(str(exc))
+    print(f"zup: wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import evaluate_method, format_table
+
+    vol = _read(args.input)
+    factor = resolve_factor(args.factor, vol)
+    if factor.denominator != 1:
+        _fail("evaluate needs an integer factor (it keeps every F-th slice)")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        try:
+            get_info(m)
+        except ValueError as exc:
+            _fail(str(exc))
+    if args.maps:
+        maps_dir = Path(args.maps)
+        maps_dir.mkdir(parents=True, exist_ok=True)
+    if args.json:
+        check_output_path_json(Path(args.json), args.overwrite)
+    g = np.asarray(vol.data)
+    params = parse_params(args)
+    scores = {}
+    for m in methods:
+        print(f"zup: evaluating {m} at x{int(factor)}", file=sys.stderr)
+        try:
+            score, _, maps = evaluate_method(g, int(factor), m,
+                                             method_params=_method_params(m, params),
+                                             error_maps=bool(args.maps))
+        except (ValueError, MemoryError) as exc:
+            _fail(str(exc))
+        scores[m] = score
+        if args.maps:
+            write_volume(maps_dir / f"error_{m}_x{int(factor)}.tif", maps,
+                         vol.voxel_size, vol.unit, overwrite=True,
+                         metadata={"what": "|R - G| in [0, 1] units, 0 on knots"})
+    print(format_table(scores, int(factor)))
+    if args.json:
+        payload = {m: s.summary() for m, s in scores.items()}
+        payload["_protocol"] = {"factor": int(factor), "input": str(args.input),
+                                "device": "cpu", "napari_zup": __version__}
+        Path(args.json).write_text(json.dumps(payload, indent=2))
+        print(f"zup: wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def check_output_path_json(p: Path, overwrite: bool) -> None:
+    if p.exists() and not overwrite:
+        _fail(f"{str(p)!r} already exists; use --overwrite to replace it")
+    if not p.parent.exists():
+        _fail(f"folder {str(p.parent)!r} does not exist; create it first")
+
+
+def cmd_flow(args) -> int:
+    from .flow import FarnebackParams, estimate_flow, flow_to_rgb
+
+    vol = _read(args.input)
+    try:
+        validate_volume(vol.data)
+        params = FarnebackParams(**{k: v for k, v in parse_params(args).items()
+                                    if k in FarnebackParams.__dataclass_fields__})
+    except (ValueError, TypeError) as exc:
+        _fail(str(exc))
+    data = vol.data
+    n, h, w = (int(s) for s in data.shape)
+    from .engine import volume_value_range
+
+    vr = volume_value_range(data)
+    out = Path(args.output)
+    progress = _StderrProgress(n - 1, "flow")
+
+    def pairs():
+        prev = np.asarray(data[0])
+        for z in range(n - 1):
+            nxt = np.asarray(data[z + 1])
+            fl = estimate_flow(prev, nxt, params, vr)
+            progress.update()
+            yield z, fl
+            prev = nxt
+
+    if args.rgb:
+        def items():
+            for z, fl in pairs():
+                yield z, flow_to_rgb(fl, args.max_magnitude)
+        shape, dtype = (n - 1, h, w, 3), np.uint8
+    else:
+        items, shape, dtype = pairs, (n - 1, h, w, 2), np.float32
+    try:
+        check_output_path(out, args.overwrite, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        _write_4d(out, items(), shape, dtype, vol, params, args.overwrite, rgb=args.rgb)
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    print(f"zup: wrote {out} ({n - 1} flow fields, (dx, dy) in pixels, from slice z to z+1)",
+          file=sys.stderr)
+    return 0
+
+
+def _write_4d(out: Path, items, shape, dtype, vol, params, overwrite, rgb):
+    """Flow fields: TIFF (ImageJ, axes ZYXS) or Zarr, written under a temporary name."""
+    import tifffile
+
+    from .io import _commit, _partial_name, _remove
+
+    tmp = _partial_name(out)
+    meta = {"what": "Farnebäck flow z -> z+1, (dx, dy) pixels" if not rgb else
+            "Farnebäck flow colour wheel", "farneback": params.as_dict()}
+    try:
+        if out.suffix.lower() == ".zarr":
+            import zarr
+
+            arr = zarr.open_array(str(tmp), mode="w", shape=shape, dtype=dtype,
+                                  chunks=(1,) + shape[1:], zarr_format=2)
+            for z, fl in items:
+                arr[z] = fl
+            arr.attrs["zup"] = meta
+        else:
+            def planes():
+                for _, fl in items:
+                    yield fl
+            kw = {"photometric": "rgb"} if rgb else {"photometric": "minisblack",
+                                                    "planarconfig": "contig"}
+            tifffile.imwrite(tmp, data=planes(), shape=shape, dtype=dtype,
+                             description=json.dumps(meta), **kw)
+        _commit(tmp, out)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def cmd_train(args, rest) -> int:
+    target = TRAINERS.get(args.method)
+    if target is None:
+        _fail(f"train: unknown method {args.method!r}; trainable: {', '.join(TRAINERS)}")
+    module_name, _, func = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        _fail(f"train {args.method}: the training module is not available ({exc})")
+    return int(getattr(module, func)(args.method, rest) or 0)
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zup", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"napari-zup {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("methods", help="list the reconstruction methods")
+
+    r = sub.add_parser("reconstruct", help="make an anisotropic stack isotropic")
+    r.add_argument("input", help="TIFF stack (ImageJ/OME metadata) or Zarr/OME-Zarr")
+    r.add_argument("output", help="output .tif (ImageJ hyperstack; BigTIFF when large) or "
+                   ".zarr (OME-Zarr)")
+    r.add_argument("--method", "-m", default="of-linear", help="see `zup methods` "
+                   "(default of-linear)")
+    r.add_argument("--factor", "-f", default="auto", help="z upsampling factor: a number "
+                   "> 1 (e.g. 4 or 2.5) or 'auto' = round(z step / pixel size) (default)")
+    r.add_argument("--tile-size", type=int, default=None, help="y/x tile edge in pixels "
+                   "(default: the input's chunks, or 2048)")
+    r.add_argument("--threads", type=int, default=None, help="worker threads (default: all "
+                   "cores)")
+    r.add_argument("--checkpoint", help="learned methods: checkpoint file (default: bundled)")
+    r.add_argument("--device", default="auto", help="learned methods: auto, cpu, cuda, mps")
+    r.add_argument("--param", action="append", metavar="KEY=VALUE",
+                   help="extra method parameter (repeatable)")
+    _add_farneback(r)
+    r.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    r.add_argument("--montage", metavar="PNG", help="also save a PNG montage (xy, xz, yz "
+                   "views of input and output)")
+    d = r.add_argument_group("distributed (.zarr output)")
+    d.add_argument("--workers", type=int, help="run on a dask LocalCluster with N processes")
+    d.add_argument("--scheduler", help="run on an existing dask scheduler (tcp://host:8786)")
+    d.add_argument("--pyramid-levels", dest="pyramid_levels", type=int, default=None,
+                   help="OME-Zarr pyramid levels")
+    d.add_argument("--no-resume", action="store_true", help="do not reuse finished chunks")
+
+    e = sub.add_parser("evaluate", help="drop-and-restore scores on an isotropic stack "
+                       "(../shared/EVALUATION.md protocol)")
+    e.add_argument("input", help="an isotropic stack (ground truth)")
+    e.add_argument("--factor", "-f", required=True, help="integer factor: every F-th slice "
+                   "is kept")
+    e.add_argument("--methods", default="linear,cubic,of-linear,of-cubic",
+                   help="comma-separated methods")
+    e.add_argument("--json", help="write scores as JSON here")
+    e.add_argument("--maps", help="write per-method error maps |R-G| (TIFF) into this folder")
+    e.add_argument("--checkpoint", help="checkpoint for learned methods")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--param", action="append", metavar="KEY=VALUE")
+    e.add_argument("--overwrite", action="store_true")
+    _add_farneback(e)
+
+    fl = sub.add_parser("flow", help="Farnebäck flow between consecutive slices")
+    fl.add_argument("input")
+    fl.add_argument("output", help=".tif (Z-1, Y, X, 2) float32 (dx, dy) or .zarr")
+    fl.add_argument("--rgb", action="store_true", help="write colour-wheel RGB images instead")
+    fl.add_argument("--max-magnitude", type=float, default=None,
+                    help="--rgb: flow magnitude shown at full brightness (default: 99th pct)")
+    fl.add_argument("--param", action="append", metavar="KEY=VALUE")
+    fl.add_argument("--overwrite", action="store_true")
+    _add_farneback(fl)
+
+    t = sub.add_parser("train", help="train a learned method (see `zup train METHOD -h`)",
+                       add_help=False)
+    t.add_argument("method")
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv[:1] == ["train"]:
+        args, rest = parser.parse_known_args(argv)
+        if args.command == "train":
+            try:
+                return cmd_train(args, rest)
+            except CLIError as exc:
+                print(f"zup: error: {exc}", file=sys.stderr)
+                return 2
+    args = parser.parse_args(argv)
+    handlers = {"methods": cmd_methods, "reconstruct": cmd_reconstruct,
+                "evaluate": cmd_evaluate, "flow": cmd_flow}
+    try:
+        return handlers[args.command](args)
+    except CLIError as exc:
+        print(f"zup: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("zup: interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
