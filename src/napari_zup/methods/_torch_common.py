@@ -1,0 +1,215 @@
+"""Torch helpers shared by the learned pair interpolators (``film``, ``tsain``).
+
+- :func:`backward_warp`: sample an image at ``p + flow(p)`` with ``grid_sample`` (the one warp).
+- :func:`pad_to_multiple` / :func:`crop_to`: any input size in, same size out.
+- :func:`modulated_deform_conv`: DCNv2 written with ``grid_sample`` (torchvision is not a
+  dependency), one code path on every device.
+- :class:`LearnedPairMethod`: a :class:`~napari_zup.methods.base.Method` that loads a checkpoint
+  once, runs on the chosen device, maps intensities by ``value_range`` to [0, 1] and back, and
+  returns slices and flows.
+
+Every model used through :class:`LearnedPairMethod` has the interface::
+
+    feats = model.encode(img)                       # img (B, 1, H, W) in [0, 1], H, W % multiple
+    out, flow = model.decode(feats_a, feats_b, a, b, t)   # t (B,) in (0, 1)
+
+``out`` (B, 1, H, W) in [0, 1] and ``flow`` (B, 2, H, W): (dx, dy) in pixels from the first knot
+to the second one at the output slice's location.
+"""
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoints import CheckpointError, default_checkpoint, load_checkpoint
+from ..devices import select_device
+from .base import Method, RenderResult, to_dtype
+
+_GRIDS: dict = {}
+
+
+def pixel_grid(h: int, w: int, device, dtype=torch.float32) -> torch.Tensor:
+    """(1, 2, H, W) pixel coordinates (x, y), cached per size and device."""
+    key = (h, w, str(device), dtype)
+    g = _GRIDS.get(key)
+    if g is None:
+        ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=dtype),
+                                torch.arange(w, device=device, dtype=dtype), indexing="ij")
+        g = torch.stack([xs, ys])[None]
+        if len(_GRIDS) > 64:
+            _GRIDS.clear()
+        _GRIDS[key] = g
+    return g
+
+
+def _normalise(coords: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, 2, H', W') pixel coords -> (B, H', W', 2) grid_sample coordinates (align_corners)."""
+    x = coords[:, 0] * (2.0 / max(w - 1, 1)) - 1.0
+    y = coords[:, 1] * (2.0 / max(h - 1, 1)) - 1.0
+    return torch.stack([x, y], dim=-1)
+
+
+def backward_warp(img: torch.Tensor, flow: torch.Tensor, padding_mode: str = "border"):
+    """``out(p) = img(p + flow(p))``, bilinear; ``flow`` (B, 2, H, W) as (dx, dy) pixels."""
+    b, _, h, w = img.shape
+    coords = pixel_grid(h, w, img.device, flow.dtype) + flow
+    return F.grid_sample(img, _normalise(coords, h, w).to(img.dtype), mode="bilinear",
+                         padding_mode=padding_mode, align_corners=True)
+
+
+def upsample_flow(flow: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear upsampling of a flow field to ``size`` (H, W), rescaling its vectors."""
+    h0, w0 = flow.shape[-2:]
+    up = F.interpolate(flow, size=size, mode="bilinear", align_corners=False)
+    sx, sy = size[1] / w0, size[0] / h0
+    return torch.cat([up[:, :1] * sx, up[:, 1:] * sy], 1)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int = 0):
+    """Pad the last two dims at the bottom/right to a multiple (reflect where possible,
+    otherwise replicate); returns ``(padded, (H, W))``."""
+    h, w = x.shape[-2:]
+    hh = max(math.ceil(h / multiple) * multiple, min_size)
+    ww = max(math.ceil(w / multiple) * multiple, min_size)
+    ph, pw = hh - h, ww - w
+    if ph or pw:
+        mode = "reflect" if (ph < h and pw < w) else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (h, w)
+
+
+def crop_to(x: torch.Tensor, size) -> torch.Tensor:
+    return x[..., : size[0], : size[1]]
+
+
+# -- modulated deformable convolution (DCNv2) via grid_sample ---------------------------------
+
+def modulated_deform_conv(x, offset, mask, weight, bias=None, dilation: int = 1):
+    """Modulated deformable convolution, stride 1, 'same' size.
+
+    ``x`` (B, C, H, W); ``weight`` (Cout, C, k, k); ``offset`` (B, 2*k*k, H, W) as (dx, dy) per
+    kernel point (row-major over the kernel); ``mask`` (B, k*k, H, W) modulation. Every kernel
+    point is sampled with one bilinear ``grid_sample`` call (zeros outside), modulated, and the
+    samples are combined with a 1x1 convolution: ``y(p) = sum_k w_k m_k x(p + p_k + dp_k)``.
+    """
+    b, c, h, w = x.shape
+    cout, _, kh, kw = weight.shape
+    k = kh * kw
+    ky, kx = torch.meshgrid(torch.arange(kh, device=x.device, dtype=offset.dtype) - (kh - 1) / 2,
+                            torch.arange(kw, device=x.device, dtype=offset.dtype) - (kw - 1) / 2,
+                            indexing="ij")
+    kpts = torch.stack([kx.reshape(-1), ky.reshape(-1)], 1) * dilation  # (k, 2) as (x, y)
+    base = pixel_grid(h, w, x.device, offset.dtype)  # (1, 2, H, W)
+    off = offset.view(b, k, 2, h, w)
+    coords = base[:, None] + kpts[None, :, :, None, None] + off  # (B, k, 2, H, W)
+    coords = coords.permute(0, 2, 1, 3, 4).reshape(b, 2, k * h, w)
+    grid = _normalise(coords, h, w).to(x.dtype)  # (B, k*H, W, 2)
+    samples = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    samples = samples.view(b, c, k, h, w) * mask.view(b, 1, k, h, w)
+    cols = samples.permute(0, 2, 1, 3, 4).reshape(b, k * c, h, w)  # kernel-point major
+    w2 = weight.permute(0, 2, 3, 1).reshape(cout, k * c, 1, 1)
+    return F.conv2d(cols, w2, bias)
+
+
+class ModulatedDeformConv(nn.Module):
+    """A 3x3 modulated deformable convolution whose offsets and masks are given by the caller."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 3, dilation: int = 1):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(cout, cin, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(cout))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.kernel, self.dilation = kernel, dilation
+
+    def forward(self, x, offset, mask):
+        return modulated_deform_conv(x, offset, mask, self.weight, self.bias, self.dilation)
+
+
+# -- the Method wrapper -----------------------------------------------------------------------
+
+class LearnedPairMethod(Method):
+    """Pair interpolator backed by a torch model loaded from a checkpoint.
+
+    Subclasses set ``info``, ``method_name``, ``build_model(arch) -> nn.Module`` and
+    ``pad_multiple``/``receptive_halo``.
+    """
+
+    z_context: ClassVar[int] = 0
+    copies_knots: ClassVar[bool] = True
+    method_name: ClassVar[str] = ""
+    pad_multiple: ClassVar[int] = 8
+    receptive_halo: ClassVar[int] = 64
+
+    @classmethod
+    def build_model(cls, arch: dict) -> nn.Module:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __init__(self, checkpoint=None, device: str = "auto"):
+        if checkpoint is None:
+            checkpoint = default_checkpoint(self.method_name)
+            if checkpoint is None:
+                raise CheckpointError(
+                    f"no bundled {self.method_name} checkpoint is installed; pass "
+                    f"checkpoint=PATH (train one with `zup train {self.method_name}`)")
+        self.device = select_device(device)
+        state, meta = load_checkpoint(checkpoint, method=self.method_name, device="cpu")
+        arch = meta.get("arch")
+        if not isinstance(arch, dict):
+            raise CheckpointError(f"checkpoint {str(checkpoint)!r} has no 'arch' metadata; "
+                                  f"it was not written by napari_zup.training")
+        try:
+            model = self.build_model(arch)
+            model.load_state_dict(state, strict=True)
+        except (TypeError, RuntimeError, KeyError) as exc:
+            raise CheckpointError(
+                f"checkpoint {str(checkpoint)!r} does not fit the {self.method_name} "
+                f"architecture ({str(exc).splitlines()[0]}); retrain it with this version"
+            ) from None
+        self.checkpoint = str(checkpoint)
+        self.metadata = meta
+        self.model = model.to(self.device).eval()
+
+    def halo(self) -> int:
+        return self.receptive_halo
+
+    @torch.no_grad()
+    def render(self, block, positions: Sequence[float], *, value_range, want_flows=False):
+        n = len(block)
+        lo, hi = float(value_range[0]), float(value_range[1])
+        span = (hi - lo) or 1.0
+        out = np.empty((len(positions),) + block.shape[1:], block.dtype)
+        flows = [None] * len(positions) if want_flows else None
+        by_interval: dict[int, list[tuple[int, float]]] = {}
+        for j, p in enumerate(positions):
+            k = min(max(int(math.floor(p)), 0), n - 2)
+            by_interval.setdefault(k, []).append((j, float(p) - k))
+        dev = self.device
+        for k, items in by_interval.items():
+            pair = torch.from_numpy(
+                (np.stack([block[k], block[k + 1]]).astype(np.float32) - lo) / span)
+            pair, size = pad_to_multiple(pair[:, None].to(dev), self.pad_multiple,
+                                         self.pad_multiple * 2)
+            a, b = pair[:1], pair[1:]
+            fa, fb = self.model.encode(a), self.model.encode(b)
+            for j, t in items:
+                if t <= 0.0:
+                    res, fl = a, torch.zeros_like(pair[:1]).repeat(1, 2, 1, 1)
+                elif t >= 1.0:
+                    res, fl = b, torch.zeros_like(pair[:1]).repeat(1, 2, 1, 1)
+                else:
+                    tt = torch.full((1,), t, device=dev)
+                    res, fl = self.model.decode(fa, fb, a, b, tt)
+                img = crop_to(res, size)[0, 0].float().cpu().numpy() * span + lo
+                out[j] = to_dtype(img, block.dtype)
+                if want_flows:
+                    flows[j] = np.ascontiguousarray(
+                        crop_to(fl, size)[0].float().cpu().numpy().transpose(1, 2, 0))
+        return RenderResult(out, flows)
+
+    def close(self) -> None:
+        self.model = None

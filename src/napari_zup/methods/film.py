@@ -1,0 +1,171 @@
+"""``film``: FILM-style learned slice interpolation (seed z-upscaling-film.txt, after Reda et
+al.'s FILM), sized for CPUs.
+
+Architecture (all sizes in :data:`DEFAULT_ARCH`):
+
+1. **Scale-agnostic feature pyramid.** The slice is downsampled into an image pyramid; the same
+   two-stage extractor (weights shared across scales) runs on every pyramid level, and the
+   feature at level ``l`` concatenates stage 0 of image level ``l`` with stage 1 of image level
+   ``l - 1`` (as in FILM, coarse levels see the same filters as fine ones).
+2. **Bidirectional flow from the unknown slice to both knots**, coarse to fine: at each level
+   the two knots' features are backward-warped by the current flows ``F_t->0`` and ``F_t->1``
+   (upsampled from the coarser level) and a small CNN that also sees ``t`` predicts residual
+   updates of both flows. The finest flows are upsampled to full resolution.
+3. **Backward warping** of images and features of both knots with those flows.
+4. **U-Net fusion decoder** from the coarsest level to full resolution (the pyramid is its
+   encoder), conditioned on ``t``; it predicts a blend mask (around the linear weight 1 - t) and
+   a residual: ``out = m * warp(I0) + (1 - m) * warp(I1) + r``.
+
+Conditioning on ``t`` (a constant input plane) gives any position in (0, 1), so any factor,
+also fractional, comes out of one pass per output slice. The knots' pyramids are computed once
+per knot pair and reused for every slice between them.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._torch_common import LearnedPairMethod, backward_warp, upsample_flow
+from .base import MethodInfo
+
+DEFAULT_ARCH = {
+    "levels": 4,          # full, 1/2, 1/4, 1/8
+    "c0": 12,             # stage-0 feature channels (every level)
+    "c1": 20,             # stage-1 feature channels (levels >= 1)
+    "flow_width": [0, 32, 40, 48],   # hidden width of the flow estimator per level (0: none)
+    "dec_width": [16, 24, 32, 48],   # fusion decoder width per level
+}
+
+
+def _conv(cin, cout, stride=1):
+    return nn.Conv2d(cin, cout, 3, stride, 1)
+
+
+def _act():
+    return nn.LeakyReLU(0.2, inplace=True)
+
+
+class _FlowEstimator(nn.Module):
+    def __init__(self, cfeat, width):
+        super().__init__()
+        self.net = nn.Sequential(
+            _conv(2 * cfeat + 5, width), _act(), _conv(width, width), _act(),
+            _conv(width, width // 2), _act(), _conv(width // 2, 4))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, fa, fb, flows, tmap):
+        wa = backward_warp(fa, flows[:, :2])
+        wb = backward_warp(fb, flows[:, 2:])
+        return flows + self.net(torch.cat([wa, wb, flows, tmap], 1))
+
+
+class FilmNet(nn.Module):
+    """FILM-style interpolator; ``encode`` once per knot, ``decode`` per output position."""
+
+    def __init__(self, levels=4, c0=12, c1=20, flow_width=(0, 32, 40, 48),
+                 dec_width=(16, 24, 32, 48)):
+        super().__init__()
+        self.levels = levels
+        self.e0 = nn.Sequential(_conv(1, c0), _act(), _conv(c0, c0), _act())
+        self.e1 = nn.Sequential(_conv(c0, c1, 2), _act(), _conv(c1, c1), _act())
+        self.cfeat = [c0] + [c0 + c1] * (levels - 1)
+        self.flow = nn.ModuleList(
+            [_FlowEstimator(self.cfeat[l], flow_width[l]) if flow_width[l] else nn.Identity()
+             for l in range(levels)])
+        self.flow_levels = [l for l in range(levels) if flow_width[l]]
+        # decoder: stack_l = warped imgs (2) + warped feats (2 cfeat) + flows (4) + t (1)
+        self.dec_in = nn.ModuleList()
+        self.dec_up = nn.ModuleList()
+        for l in range(levels):
+            stack = 2 + 2 * self.cfeat[l] + 5
+            prev = dec_width[l + 1] if l + 1 < levels else 0
+            self.dec_in.append(nn.Sequential(_conv(stack + prev, dec_width[l]), _act(),
+                                             _conv(dec_width[l], dec_width[l]), _act()))
+            self.dec_up.append(nn.Identity() if l + 1 >= levels else nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                _conv(dec_width[l + 1], dec_width[l + 1]), _act()))
+        self.head = nn.Conv2d(dec_width[0], 2, 3, 1, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def encode(self, img):
+        imgs = [img]
+        for _ in range(1, self.levels):
+            imgs.append(F.avg_pool2d(imgs[-1], 2))
+        f0 = [self.e0(im) for im in imgs]
+        feats = [f0[0]]
+        for l in range(1, self.levels):
+            feats.append(torch.cat([f0[l], self.e1(f0[l - 1])], 1))
+        return imgs, feats
+
+    def decode(self, enc_a, enc_b, a, b, t):
+        imgs_a, fa = enc_a
+        imgs_b, fb = enc_b
+        n = t.shape[0]
+        if fa[0].shape[0] != n:  # one knot pair, several positions
+            fa = [f.expand(n, -1, -1, -1) for f in fa]
+            fb = [f.expand(n, -1, -1, -1) for f in fb]
+            imgs_a = [x.expand(n, -1, -1, -1) for x in imgs_a]
+            imgs_b = [x.expand(n, -1, -1, -1) for x in imgs_b]
+        t4 = t.view(-1, 1, 1, 1).to(fa[0].dtype)
+        top = self.levels - 1
+        flows_per_level = [None] * self.levels
+        flows = torch.zeros((n, 4) + fa[top].shape[-2:], device=t.device, dtype=fa[0].dtype)
+        for l in range(top, -1, -1):
+            if flows.shape[-2:] != fa[l].shape[-2:]:
+                flows = torch.cat([upsample_flow(flows[:, :2], fa[l].shape[-2:]),
+                                   upsample_flow(flows[:, 2:], fa[l].shape[-2:])], 1)
+            if l in self.flow_levels:
+                tmap = t4.expand(-1, 1, *fa[l].shape[-2:])
+                flows = self.flow[l](fa[l], fb[l], flows, tmap)
+            flows_per_level[l] = flows
+        x = None
+        for l in range(top, -1, -1):
+            fl = flows_per_level[l]
+            tmap = t4.expand(-1, 1, *fa[l].shape[-2:])
+            wia = backward_warp(imgs_a[l], fl[:, :2])
+            wib = backward_warp(imgs_b[l], fl[:, 2:])
+            wfa = backward_warp(fa[l], fl[:, :2])
+            wfb = backward_warp(fb[l], fl[:, 2:])
+            parts = [wia, wib, wfa, wfb, fl, tmap]
+            if x is not None:
+                parts.append(self.dec_up[l](x))
+            x = self.dec_in[l](torch.cat(parts, 1))
+            if l == 0:
+                wa0, wb0 = wia, wib
+        head = self.head(x)
+        tc = t4.clamp(1e-3, 1 - 1e-3)
+        m = torch.sigmoid(torch.log((1 - tc) / tc) + head[:, :1])
+        out = m * wa0 + (1 - m) * wb0 + head[:, 1:2]
+        fl0 = flows_per_level[0]
+        # displacement first knot -> second knot seen at the output slice's location
+        return out, fl0[:, 2:] - fl0[:, :2]
+
+    def forward(self, a, b, t):
+        return self.decode(self.encode(a), self.encode(b), a, b, t)
+
+
+def build_film(arch: dict) -> FilmNet:
+    arch = {**DEFAULT_ARCH, **arch}
+    return FilmNet(arch["levels"], arch["c0"], arch["c1"], tuple(arch["flow_width"]),
+                   tuple(arch["dec_width"]))
+
+
+class Film(LearnedPairMethod):
+    """FILM-style pyramid-flow interpolator; ``checkpoint=None`` uses the bundled weights."""
+
+    info = MethodInfo(
+        name="film", kind="pair", fractional=True, min_slices=2, needs_checkpoint=True,
+        devices=("cpu", "cuda", "mps"),
+        description="Learned FILM-style interpolation: shared feature pyramid, bidirectional "
+                    "coarse-to-fine flow to both knots, U-Net fusion; any factor (t-conditioned).",
+    )
+    method_name = "film"
+    pad_multiple = 8
+    receptive_halo = 64
+
+    @classmethod
+    def build_model(cls, arch):
+        return build_film(arch)

@@ -1,0 +1,1 @@
+"""Training of the learned methods (``zup train <method>``); torch is imported lazily."""
