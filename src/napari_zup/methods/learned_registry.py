@@ -5,3 +5,5 @@ from .base import MethodInfo, register  # noqa: F401
 
 # Each learned-method module adds its own `register(MethodInfo(...), "napari_zup.methods.X:Cls")`
 # line here.
+register(MethodInfo(name="niiv", kind="axial", description="Neural field (niiv): restores xz/yz planes at any continuous z-scale; self-supervised on lateral patches (zup train niiv).", fractional=True, min_slices=3, needs_checkpoint=True, devices=("cpu", "cuda", "mps")), "napari_zup.methods.niiv:Niiv")
+register(MethodInfo(name="film", kind="pair", description="Learned FILM-style interpolation: shared feature pyramid, bidirectional coarse-to-fine flow to both knots, U-Net fusion; any factor (t-conditioned).", fractional=True, min_slices=2, needs_checkpoint=True, devices=("cpu", "cuda", "mps")), "napari_zup.methods.film:Film")

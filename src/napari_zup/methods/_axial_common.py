@@ -1,0 +1,275 @@
+"""What the axial restorers (niiv, a2i) share: plane extraction, xz/yz fusion, the
+self-supervised training pairs, and a checkpoint-loading :class:`AxialMethod` base.
+
+An axial restorer treats every xz plane ``block[:, y, :]`` and every yz plane
+``block[:, :, x]`` of a z-slab as a 2D image that is low-resolution along its first axis (z)
+and restores it at the requested z-positions; the two stacks of restored planes are fused.
+It learns that mapping from *lateral* (xy) patches of the same kind of data, degraded along
+one axis (y or x) to look like an axial plane (niiv-neural-implicit.txt, sec. 3): thin
+sections = keep every F-th row ("decimate", EVALUATION.md), thick sections = average F rows
+("pool").
+
+Both models share one calling convention::
+
+    model(lr, positions, cell) -> (B, 1, len(positions), W)
+
+``lr`` (B, 1, n, W) in [0, 1]; ``positions`` (P,) float tensor of output row coordinates in
+units of ``lr`` rows (0 = first row); ``cell`` = output row spacing in ``lr`` rows (1/F).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .base import Method, RenderResult, to_dtype
+
+DEGRADATIONS = ("decimate", "pool")
+FUSIONS = ("mean", "geometric", "xz", "yz")
+
+
+# -- planes and fusion --------------------------------------------------------------------------
+
+def xz_planes(block: np.ndarray) -> np.ndarray:
+    """(n, H, W) -> (H, n, W): one xz plane (z rows, x columns) per y."""
+    return np.ascontiguousarray(block.transpose(1, 0, 2))
+
+
+def yz_planes(block: np.ndarray) -> np.ndarray:
+    """(n, H, W) -> (W, n, H): one yz plane (z rows, y columns) per x."""
+    return np.ascontiguousarray(block.transpose(2, 0, 1))
+
+
+def fuse(xz: np.ndarray, yz: np.ndarray, fusion: str = "mean") -> np.ndarray:
+    """Fuse restored planes into slices (P, H, W).
+
+    ``xz``: (H, P, W) restored xz planes; ``yz``: (W, P, H) restored yz planes (values >= 0).
+    ``fusion``: "mean" (arithmetic), "geometric" (sqrt of the product), or "xz"/"yz" (one
+    orientation only; the other may be None).
+    """
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+    a = xz.transpose(1, 0, 2) if xz is not None else None  # (P, H, W)
+    b = yz.transpose(1, 2, 0) if yz is not None else None  # (P, H, W)
+    if fusion == "xz":
+        return np.ascontiguousarray(a)
+    if fusion == "yz":
+        return np.ascontiguousarray(b)
+    if a.shape != b.shape:
+        raise ValueError(f"xz and yz results disagree in shape: {a.shape} vs {b.shape}")
+    if fusion == "mean":
+        return 0.5 * (a + b)
+    return np.sqrt(np.clip(a, 0, None) * np.clip(b, 0, None))
+
+
+def query_grid(positions: Sequence[float], n: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """A uniform grid of output rows over ``[0, n-1]`` that contains every position.
+
+    The engine asks for positions ``i/F - z0`` (knots excluded when they are copied), so
+    their smallest gap is the output spacing 1/F. Returns ``(grid, index_of_each_position,
+    spacing)``; models that work on a regular output image (a2i) render the grid and pick
+    the requested rows.
+    """
+    p = np.asarray(sorted(float(x) for x in positions))
+    if len(p) == 0:
+        raise ValueError("no positions to render")
+    gaps = np.diff(p)
+    gaps = gaps[gaps > 1e-6]
+    if len(gaps):
+        d = float(gaps.min())
+    else:  # a single position: its distance to the nearest knot is a multiple of 1/F
+        frac = p[0] - math.floor(p[0])
+        d = min(frac, 1 - frac) if 1e-6 < frac < 1 - 1e-6 else 1.0
+    start = p[0] - math.floor(p[0] / d + 1e-6) * d
+    count = int(math.floor((n - 1 - start) / d + 1e-6)) + 1
+    grid = start + d * np.arange(count)
+    idx = np.rint((np.asarray([float(x) for x in positions]) - start) / d).astype(int)
+    idx = np.clip(idx, 0, count - 1)
+    return grid, idx, d
+
+
+# -- self-supervised training pairs -----------------------------------------------------------
+
+def degrade_rows(hr: np.ndarray, factor: int, degradation: str = "decimate") -> tuple[np.ndarray, np.ndarray]:
+    """Degrade ``hr`` (..., R, W) along its row axis like an axial plane at ``factor``.
+
+    Returns ``(lr, positions)``: ``lr`` (..., n, W) and the coordinate of every ``hr`` row in
+    units of ``lr`` rows. "decimate": ``lr[k] = hr[k*F]`` (thin sections, EVALUATION.md), hr
+    row i at i/F. "pool": ``lr[k] = mean(hr[k*F:(k+1)*F])`` (thick sections), hr row i at
+    (i - (F-1)/2)/F (the centre of section k is at lr coordinate k).
+    """
+    f = int(factor)
+    if f < 1 or f != factor:
+        raise ValueError(f"training factor must be an integer >= 1, got {factor}")
+    r = hr.shape[-2]
+    if degradation == "decimate":
+        lr = hr[..., ::f, :]
+        pos = np.arange(r) / f
+    elif degradation == "pool":
+        n = r // f
+        if n < 1:
+            raise ValueError(f"a patch of {r} rows is too short to pool by {f}")
+        lr = hr[..., : n * f, :].reshape(hr.shape[:-2] + (n, f, hr.shape[-1])).mean(axis=-2)
+        pos = (np.arange(r) - (f - 1) / 2) / f
+    else:
+        raise ValueError(f"degradation must be one of {', '.join(DEGRADATIONS)}, got {degradation!r}")
+    return lr, pos
+
+
+def add_noise(img: np.ndarray, rng: np.random.Generator, noise_std: float = 0.0,
+              poisson_peak: float = 0.0) -> np.ndarray:
+    """Optional noise on a degraded input in [0, 1]: Poisson with ``poisson_peak`` counts at
+    intensity 1 (0 = off), then Gaussian with ``noise_std``."""
+    out = img
+    if poisson_peak > 0:
+        out = rng.poisson(np.clip(out, 0, None) * poisson_peak) / poisson_peak
+    if noise_std > 0:
+        out = out + rng.normal(0.0, noise_std, out.shape)
+    return out
+
+
+@dataclass
+class PairSampler:
+    """Random lateral (xy) patches of a volume, degraded along y or x at ``factor``.
+
+    ``volume`` (Z, H, W) float in [0, 1] (the user's anisotropic stack: its xy slices are
+    full resolution). ``factors``: integer factors to draw from (one per batch). ``rows``:
+    low-resolution rows per patch; ``width``: patch columns.
+    """
+
+    volume: np.ndarray
+    factors: Sequence[int]
+    rows: int = 12
+    width: int = 48
+    degradation: str = "decimate"
+    noise_std: float = 0.0
+    poisson_peak: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.degradation not in DEGRADATIONS:
+            raise ValueError(f"degradation must be one of {', '.join(DEGRADATIONS)}, "
+                             f"got {self.degradation!r}")
+        self.rng = np.random.default_rng(self.seed)
+        z, h, w = self.volume.shape
+        need = self.hr_rows(max(self.factors))
+        if min(h, w) < max(need, self.width):
+            raise ValueError(
+                f"xy slices of {h}x{w} pixels are too small for training patches of "
+                f"{need}x{self.width} at factor {max(self.factors)}; use a smaller --patch "
+                "or factor, or a larger volume")
+
+    def hr_rows(self, f: int) -> int:
+        return (self.rows - 1) * f + 1 if self.degradation == "decimate" else self.rows * f
+
+    def sample(self, batch: int, factor: int | None = None):
+        """``(lr (B,1,n,W), hr (B,1,R,W), positions (R,), factor)`` as float32 numpy."""
+        rng = self.rng
+        f = int(factor or rng.choice(self.factors))
+        r = self.hr_rows(f)
+        z, h, w = self.volume.shape
+        hrs = []
+        for _ in range(batch):
+            k = rng.integers(z)
+            sl = self.volume[k]
+            if rng.random() < 0.5:  # degrade along x instead of y
+                sl = sl.T
+            y = rng.integers(sl.shape[0] - r + 1)
+            x = rng.integers(sl.shape[1] - self.width + 1)
+            p = sl[y:y + r, x:x + self.width]
+            if rng.random() < 0.5:
+                p = p[::-1]
+            if rng.random() < 0.5:
+                p = p[:, ::-1]
+            hrs.append(p)
+        hr = np.stack(hrs)[:, None].astype(np.float32)
+        lr, pos = degrade_rows(hr, f, self.degradation)
+        lr = add_noise(lr, rng, self.noise_std, self.poisson_peak).astype(np.float32)
+        return lr, hr, pos.astype(np.float32), f
+
+
+# -- the Method base ---------------------------------------------------------------------------
+
+class AxialMethod(Method):
+    """Engine adapter shared by the axial restorers; subclasses set ``info`` and implement
+    :meth:`build_model` (from checkpoint metadata ``arch``)."""
+
+    z_context = 4
+    copies_knots = True
+    slab_intervals = 16
+    #: planes per forward pass (memory bound)
+    batch_planes = 32
+
+    def __init__(self, checkpoint=None, device: str = "auto", fusion: str = "mean",
+                 threads: int | None = None):
+        import torch
+
+        from ..checkpoints import default_checkpoint, load_checkpoint
+        from ..devices import select_device
+
+        name = self.info.name
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        self.fusion = fusion
+        if checkpoint is None:
+            checkpoint = default_checkpoint(name)
+            if checkpoint is None:
+                raise ValueError(
+                    f"no bundled {name} checkpoint is installed; pass checkpoint=PATH "
+                    f"(train one with: zup train {name} --data STACK --factor F --out {name}.safetensors)")
+        self.device = select_device(device)
+        if threads:
+            torch.set_num_threads(int(threads))
+        state, meta = load_checkpoint(checkpoint, method=name, device="cpu")
+        self.meta = meta
+        self.model = self.build_model(meta.get("arch", {}))
+        try:
+            self.model.load_state_dict(state)
+        except RuntimeError as exc:
+            from ..checkpoints import CheckpointError
+
+            raise CheckpointError(
+                f"checkpoint {str(checkpoint)!r} does not fit the {name} model "
+                f"({str(exc).splitlines()[0]}); was it written by another version?") from None
+        self.model.to(self.device).eval()
+        self.degradation = meta.get("training", {}).get("degradation", "decimate")
+
+    @classmethod
+    def build_model(cls, arch: dict):
+        raise NotImplementedError
+
+    def halo(self) -> int:
+        return int(getattr(self.model, "receptive_halo", 16))
+
+    def restore_planes(self, planes: np.ndarray, positions: np.ndarray, cell: float) -> np.ndarray:
+        """(B, n, W) planes in [0, 1] -> (B, P, W) restored at ``positions`` (lr-row units)."""
+        import torch
+
+        out = np.empty((planes.shape[0], len(positions), planes.shape[2]), np.float32)
+        pos = torch.as_tensor(np.asarray(positions, np.float32), device=self.device)
+        with torch.inference_mode():
+            for s in range(0, planes.shape[0], self.batch_planes):
+                x = torch.from_numpy(planes[s:s + self.batch_planes][:, None]).to(self.device)
+                out[s:s + self.batch_planes] = self.model(x, pos, cell)[:, 0].float().cpu().numpy()
+        return out
+
+    def render(self, block, positions, *, value_range, want_flows=False):
+        lo, hi = value_range
+        span = (hi - lo) or 1.0
+        n = block.shape[0]
+        x = (block.astype(np.float32) - lo) / span
+        _, _, d = query_grid(positions, n)
+        # With "pool" checkpoints the knots are section centres: the same coordinates.
+        pos = np.asarray(positions, np.float64)
+        xz = yz = None
+        if self.fusion != "yz":
+            xz = self.restore_planes(xz_planes(x), pos, d)
+        if self.fusion != "xz":
+            yz = self.restore_planes(yz_planes(x), pos, d)
+        fused = fuse(xz, yz, self.fusion)
+        return RenderResult(to_dtype(fused * span + lo, block.dtype))
+
+    def close(self):
+        self.model = None
