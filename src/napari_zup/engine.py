@@ -178,8 +178,9 @@ def render_output_block(
     z0 = max(k_lo - method.z_context, 0)
     z1 = min(k_hi + method.z_context, n_z - 1)
     halo = method.halo()
-    y0, y1 = max(ys.start - halo, 0), min(ys.stop + halo, h)
-    x0, x1 = max(xs.start - halo, 0), min(xs.stop + halo, w)
+    min_extent = method.min_tile()
+    y0, y1 = _window(ys, halo, min_extent, h)
+    x0, x1 = _window(xs, halo, min_extent, w)
     block = np.asarray(volume[z0:z1 + 1, y0:y1, x0:x1])
     crop = (slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0))
 
@@ -199,6 +200,19 @@ def render_output_block(
             if want_flows and res.flows is not None:
                 flows[j] = res.flows[n][crop]
     return out, flows
+
+
+def _window(sl: slice, halo: int, min_extent: int, size: int) -> tuple[int, int]:
+    """Read window of a tile: the tile plus ``halo`` each side, grown to ``min_extent`` when
+    the method needs a minimum size (Farnebäck drops pyramid levels on small images),
+    clipped to the volume."""
+    lo, hi = max(sl.start - halo, 0), min(sl.stop + halo, size)
+    short = min_extent - (hi - lo)
+    if short > 0:
+        lo = max(lo - (short + 1) // 2, 0)
+        hi = min(lo + max(min_extent, hi - lo), size)
+        lo = max(min(lo, hi - min_extent), 0)
+    return lo, hi
 
 
 # -- streaming driver -------------------------------------------------------------------------

@@ -37,10 +37,16 @@ class FarnebackParams:
             raise ValueError(f"poly_n must be 5 or 7, got {self.poly_n}")
 
     def halo(self) -> int:
-        """Y/x context a tile needs: the smoothing window at the coarsest pyramid level,
-        mapped back to full resolution (capped: beyond ~1 window the influence is tiny)."""
+        """Y/x context a tile needs to match the untiled flow. Measured on real FIB-SEM
+        (docs/benchmarks.md): 2 x window x coarsest pyramid step brings tiled output to
+        within 1 grey level; beyond 256 px nothing changes measurably, so it is capped."""
         coarsest = (1.0 / self.pyr_scale) ** (self.levels - 1)
-        return int(min(self.winsize * coarsest / 2, 2 * self.winsize))
+        return int(min(2 * self.winsize * coarsest, 256))
+
+    def min_extent(self) -> int:
+        """Smallest image edge that keeps every pyramid level: OpenCV skips levels whose
+        image would be under 32 px, which changes the flow of small tiles."""
+        return int(np.ceil(32 / self.pyr_scale ** self.levels))
 
     def as_dict(self) -> dict:
         return asdict(self)

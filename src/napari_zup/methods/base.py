@@ -70,6 +70,10 @@ class Method:
         """Pixels of y/x context a tile needs so that tiled output equals untiled output."""
         return 0
 
+    def min_tile(self) -> int:
+        """Smallest y/x extent of the block a tile is computed on (0 = no minimum)."""
+        return 0
+
     def render(
         self,
         block: np.ndarray,

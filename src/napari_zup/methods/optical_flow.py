@@ -28,6 +28,9 @@ class _OpticalFlowBase(Method):
     def halo(self) -> int:
         return self.params.halo()
 
+    def min_tile(self) -> int:
+        return self.params.min_extent()
+
     def _flow(self, a, b, value_range):
         return estimate_flow(a, b, self.params, value_range)
 
