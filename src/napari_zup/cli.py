@@ -149,6 +149,10 @@ def cmd_methods(args) -> int:
 
 
 def cmd_reconstruct(args) -> int:
+    try:
+        get_info(args.method)
+    except ValueError as exc:
+        _fail(str(exc))
     vol = _read(args.input)
     factor = resolve_factor(args.factor, vol)
     params = _method_params(args.method, parse_params(args))

@@ -1,0 +1,123 @@
+"""`zup` end to end, on the real shared data, as a user runs it (subprocess)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_zup.io import read_volume
+
+from ._data import ISBI, SAMPLE1, need
+
+# EVALUATION.md reference table, sample1, F = 4 (SSIM, PSNR)
+REFERENCE_F4 = {"linear": (0.769, 28.23), "cubic": (0.772, 28.34),
+                "of-linear": (0.801, 28.99), "of-cubic": (0.805, 29.17)}
+
+
+def zup(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "napari_zup.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"zup {args} failed:\n{proc.stderr}")
+    return proc
+
+
+def test_methods_table_lists_every_method():
+    out = zup("methods").stdout
+    for name in ("nearest", "linear", "cubic", "of-linear", "of-cubic"):
+        assert f"\n{name} " in out
+    assert "interpolates between slices" in out
+
+
+def test_reconstruct_real_sstem_with_auto_factor(tmp_path):
+    out = tmp_path / "isbi_x12.tif"
+    proc = zup("reconstruct", need(ISBI), out, "--method", "of-linear", "--factor", "auto",
+               "--montage", tmp_path / "m.png")
+    assert "slices/s" in proc.stderr and "ETA" in proc.stderr
+    v = read_volume(out)
+    assert v.data.shape == (349, 512, 512)  # (30 - 1) * 12 + 1
+    assert v.voxel_size == pytest.approx((50 / 12, 4.0, 4.0))
+    src = tifffile.imread(ISBI)
+    np.testing.assert_array_equal(np.asarray(v.data)[::12], src)
+    assert (tmp_path / "m.png").stat().st_size > 10_000
+
+
+def test_reconstruct_to_ome_zarr_fractional(tmp_path):
+    out = tmp_path / "x.zarr"
+    zup("reconstruct", need(ISBI), out, "--method", "cubic", "--factor", "2.5")
+    v = read_volume(out)
+    assert v.data.shape == (73, 512, 512)
+    assert v.voxel_size == pytest.approx((20.0, 4.0, 4.0))
+
+
+def test_evaluate_reproduces_reference_table_on_sample1(tmp_path):
+    js = tmp_path / "s.json"
+    proc = zup("evaluate", need(SAMPLE1), "--factor", "4", "--json", js, "--maps", tmp_path / "maps")
+    scores = json.loads(js.read_text())
+    for m, (ssim, psnr) in REFERENCE_F4.items():
+        assert abs(scores[m]["ssim"] - ssim) <= 0.01, (m, scores[m])
+        assert abs(scores[m]["psnr"] - psnr) <= 0.1, (m, scores[m])
+        assert {"psnr", "ssim", "fpsnr", "ie", "seconds_per_slice"} <= set(scores[m])
+    assert "of-cubic" in proc.stdout
+    maps = tifffile.imread(tmp_path / "maps" / "error_of-linear_x4.tif")
+    assert maps.shape == (249, 250, 250)
+    assert maps[::4].max() == 0 and maps[1].mean() > 0
+
+
+def test_flow_writes_fields(tmp_path):
+    src = tmp_path / "small.tif"
+    tifffile.imwrite(src, tifffile.imread(need(ISBI))[:4, :128, :128], imagej=True)
+    zup("flow", src, tmp_path / "f.tif", "--winsize", "31")
+    f = tifffile.imread(tmp_path / "f.tif")
+    assert f.shape == (3, 128, 128, 2) and f.dtype == np.float32
+    assert np.abs(f).max() > 0.1
+    zup("flow", src, tmp_path / "f_rgb.tif", "--rgb")
+    assert tifffile.imread(tmp_path / "f_rgb.tif").shape == (3, 128, 128, 3)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--factor", "1"], "factor must be > 1"),
+    (["--factor", "nan"], "finite"),
+    (["--factor", "x"], "must be a number"),
+    (["--method", "bogus", "--factor", "2"], "unknown method"),
+])
+def test_bad_arguments_give_one_clear_line(tmp_path, args, message):
+    proc = zup("reconstruct", need(ISBI), tmp_path / "o.tif", *args, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_bad_inputs_are_refused_and_nothing_written(tmp_path):
+    flat = tmp_path / "flat.tif"
+    tifffile.imwrite(flat, np.zeros((64, 64), np.uint8))
+    proc = zup("reconstruct", flat, tmp_path / "o.tif", "--factor", "2", check=False)
+    assert proc.returncode == 2 and "2D image" in proc.stderr
+    rgb = tmp_path / "rgb.tif"
+    tifffile.imwrite(rgb, np.zeros((4, 32, 32, 3), np.uint8), photometric="rgb")
+    proc = zup("reconstruct", rgb, tmp_path / "o.tif", "--factor", "2", check=False)
+    assert proc.returncode == 2 and "RGB" in proc.stderr
+    noscale = tmp_path / "noscale.tif"
+    tifffile.imwrite(noscale, np.zeros((4, 32, 32), np.uint8))
+    proc = zup("reconstruct", noscale, tmp_path / "o.tif", check=False)
+    assert proc.returncode == 2 and "records no voxel size" in proc.stderr
+    corrupt = tmp_path / "corrupt.tif"
+    corrupt.write_bytes(b"II*\x00" + b"\x00" * 50)
+    proc = zup("reconstruct", corrupt, tmp_path / "o.tif", "--factor", "2", check=False)
+    assert proc.returncode == 2 and "corrupt" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.tif", "flat.tif",
+                                                           "noscale.tif", "rgb.tif"]
+
+
+def test_existing_output_needs_overwrite(tmp_path):
+    src = tmp_path / "s.tif"
+    tifffile.imwrite(src, np.zeros((3, 16, 16), np.uint8))
+    out = tmp_path / "o.tif"
+    out.write_bytes(b"keep")
+    proc = zup("reconstruct", src, out, "--factor", "2", check=False)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+    assert out.read_bytes() == b"keep"
+    zup("reconstruct", src, out, "--factor", "2", "--method", "linear", "--overwrite")
+    assert tifffile.imread(out).shape == (5, 16, 16)
