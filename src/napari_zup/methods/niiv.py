@@ -53,6 +53,8 @@ class NiivNet(nn.Module):
             mlp += [nn.Conv2d(n_in if i == 0 else hidden, hidden, 1), nn.ReLU(inplace=True)]
         mlp.append(nn.Conv2d(hidden, 1, 1))
         self.mlp = nn.Sequential(*mlp)
+        nn.init.zeros_(mlp[-1].weight)  # start as plain linear interpolation
+        nn.init.zeros_(mlp[-1].bias)
         #: y/x pixels that influence an output pixel (3x3 convs)
         self.receptive_halo = 2 * blocks + 2 + 2
 

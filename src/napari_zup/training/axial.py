@@ -218,7 +218,7 @@ def train(
             "training": {
                 "data": data_name, "shape": list(vol.shape), "factors": factors,
                 "degradation": degradation, "noise_std": noise_std,
-                "poisson_peak": poisson_peak, "steps": step, "batch": batch,
+                "poisson_peak": poisson_peak, "steps": step, "best_step": step, "batch": batch,
                 "patch": [sampler.hr_rows(max(factors)), width],
                 "minutes": round(minutes_done, 2), "best_val_l1": best,
                 "linear_val_l1": baseline, "learning_rate": lr0,
@@ -281,7 +281,7 @@ def train(
     else:  # keep the best weights, but record how long training ran in total
         state, meta = load_checkpoint(out, method=method)
         meta["training"]["minutes"] = round(total_min, 2)
-        meta["training"]["steps_run"] = step
+        meta["training"]["steps"] = step  # total steps run (resume continues from here)
         meta.pop("tensors_sha256", None)
         save_checkpoint(out, state, meta)
     log(f"{method}: {'stopped' if stopped else 'done'} at step {step}, best validation L1 "
