@@ -355,6 +355,25 @@ def _write_4d(out: Path, items, shape, dtype, vol, params, overwrite, rgb):
         raise
 
 
+def cmd_sample(args) -> int:
+    """Write the bundled sample (FlyEM FIB-SEM crop, CC-BY) to a file."""
+    from ._sample_data import ATTRIBUTION, SAMPLE_FACTOR, _read
+
+    vol = _read()
+    data, voxel = vol.data, vol.voxel_size
+    if not args.isotropic:
+        data = data[::SAMPLE_FACTOR]
+        voxel = (voxel[0] * SAMPLE_FACTOR, voxel[1], voxel[2])
+    try:
+        write_volume(args.output, data, voxel, vol.unit, overwrite=args.overwrite,
+                     metadata={"attribution": ATTRIBUTION})
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    print(f"zup: wrote {args.output} {data.shape} voxel {voxel} nm. {ATTRIBUTION}",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_train(args, rest) -> int:
     target = TRAINERS.get(args.method)
     if target is None:
@@ -429,6 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--overwrite", action="store_true")
     _add_farneback(fl)
 
+    sm = sub.add_parser("sample", help="write the bundled sample volume (real FIB-SEM crop)")
+    sm.add_argument("output", help=".tif or .zarr")
+    sm.add_argument("--isotropic", action="store_true", help="the 10 nm original instead of "
+                    "the anisotropic stack (every 4th slice, 40 nm z step)")
+    sm.add_argument("--overwrite", action="store_true")
+
     t = sub.add_parser("train", help="train a learned method (see `zup train METHOD -h`)",
                        add_help=False)
     t.add_argument("method")
@@ -448,7 +473,7 @@ def main(argv=None) -> int:
                 return 2
     args = parser.parse_args(argv)
     handlers = {"methods": cmd_methods, "reconstruct": cmd_reconstruct,
-                "evaluate": cmd_evaluate, "flow": cmd_flow}
+                "evaluate": cmd_evaluate, "flow": cmd_flow, "sample": cmd_sample}
     try:
         return handlers[args.command](args)
     except CLIError as exc:
