@@ -50,6 +50,7 @@ import numpy as np
 
 from . import __version__, grid, io
 from .engine import ReconstructionCancelled, render_output_block, validate_volume
+from .engine import _window as _read_window  # the engine's own tile read window
 from .methods.base import create_method, dtype_value_range, get_info
 from .pyramid import auto_levels, downsample_yx, level_shape
 
@@ -93,12 +94,11 @@ _CACHE_LOCK = threading.Lock()
 _METHODS: dict = {}  # (name, params_json) -> (Method, Lock)
 _SOURCES: dict = {}  # (path, level, fingerprint) -> sliceable array
 _OUTPUTS: dict = {}  # (path, level, run_id) -> zarr array
-#: How many method objects this process has created (tests check "loaded once per worker").
-METHOD_LOADS = 0
+#: Method objects this process has created, per (name, params) (loaded once per worker).
+METHOD_LOADS: dict = {}
 
 
 def _worker_method(name: str, params_json: str):
-    global METHOD_LOADS
     key = (name, params_json)
     with _CACHE_LOCK:
         entry = _METHODS.get(key)
@@ -106,7 +106,7 @@ def _worker_method(name: str, params_json: str):
             method = create_method(name, **json.loads(params_json))
             entry = (method, threading.Lock())
             _METHODS[key] = entry
-            METHOD_LOADS += 1
+            METHOD_LOADS[key] = METHOD_LOADS.get(key, 0) + 1
     return entry
 
 
@@ -258,11 +258,18 @@ def _downsample_chunk(spec: _RunSpec, level: int, index, *_deps) -> dict:
             "in_bytes": src.nbytes, "out_bytes": out.nbytes}
 
 
+def method_loads() -> dict:
+    """``{"method params_json": times created}`` in this process (run it on the workers with
+    ``client.run(method_loads)`` to check that each worker loaded each model once)."""
+    return {f"{k[0]} {k[1]}": v for k, v in METHOD_LOADS.items()}
+
+
 def _method_geometry(name: str, params_json: str) -> dict:
     """What the client needs to know about a method to plan chunks (runs on a worker, so a
     learned model is loaded where it will be used, not on the client)."""
     method, _ = _worker_method(name, params_json)
-    return {"halo": int(method.halo()), "z_context": int(method.z_context),
+    return {"halo": int(method.halo()), "min_tile": int(method.min_tile()),
+            "z_context": int(method.z_context),
             "slab_intervals": max(1, int(method.slab_intervals))}
 
 
@@ -372,7 +379,7 @@ def reconstruct_to_zarr(
             n = int(workers) if workers is not None else (os.cpu_count() or 1)
             own_cluster = LocalCluster(
                 n_workers=n, threads_per_worker=int(threads_per_worker), processes=processes,
-                dashboard_address=None, silence_logs=logging.ERROR)
+                dashboard_address=":0", silence_logs=logging.ERROR)
             own_client = client = Client(own_cluster, set_as_default=False)
     try:
         return _run(client, src, src_array, meta, out, name, params, info, f, in_shape,
@@ -503,7 +510,7 @@ def _plan_chunks(chunks, out_shape, f, geom):
 def _level0_jobs(in_shape, out_shape, f, chunks, geom) -> list[_ChunkJob]:
     n_z, h, w = in_shape
     cz, cy, cx = chunks
-    halo, zc = geom["halo"], geom["z_context"]
+    halo, zc, min_tile = geom["halo"], geom["z_context"], geom["min_tile"]
     step = geom["slab_intervals"]
     groups = grid.intervals(n_z, f)
     slabs = [(items[0][0], items[-1][0] + 1) for items in
@@ -520,8 +527,8 @@ def _level0_jobs(in_shape, out_shape, f, chunks, geom) -> list[_ChunkJob]:
             ys = slice(y, min(y + cy, h))
             for ix, x in enumerate(range(0, w, cx)):
                 xs = slice(x, min(x + cx, w))
-                region = (z0, z1, max(ys.start - halo, 0), min(ys.stop + halo, h),
-                          max(xs.start - halo, 0), min(xs.stop + halo, w))
+                region = (z0, z1, *_read_window(ys, halo, min_tile, h),
+                          *_read_window(xs, halo, min_tile, w))
                 jobs.append(_ChunkJob((iz, iy, ix), (i0, i1), ys, xs, region, parts))
     return jobs
 
