@@ -110,10 +110,13 @@ def modulated_deform_conv(x, offset, mask, weight, bias=None, dilation: int = 1)
     coords = coords.permute(0, 2, 1, 3, 4).reshape(b, 2, k * h, w)
     grid = _normalise(coords, h, w).to(x.dtype)  # (B, k*H, W, 2)
     samples = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    samples = samples.view(b, c, k, h, w) * mask.view(b, 1, k, h, w)
-    cols = samples.permute(0, 2, 1, 3, 4).reshape(b, k * c, h, w)  # kernel-point major
-    w2 = weight.permute(0, 2, 3, 1).reshape(cout, k * c, 1, 1)
-    return F.conv2d(cols, w2, bias)
+    # (B, C, k*H, W) is laid out as (B, C*k, H*W) with c major, kernel point minor: exactly the
+    # order of weight.reshape(Cout, C*k), so the sum over (c, k) is one batched matmul.
+    samples = samples.view(b, c, k, h * w) * mask.view(b, 1, k, h * w)
+    y = torch.matmul(weight.reshape(cout, c * k).to(samples.dtype), samples.view(b, c * k, h * w))
+    if bias is not None:
+        y = y + bias.view(1, cout, 1).to(y.dtype)
+    return y.view(b, cout, h, w)
 
 
 class ModulatedDeformConv(nn.Module):
