@@ -1,0 +1,302 @@
+"""Pieces shared by the napari-zup widgets: layer checks, layer pickers, output buffers,
+worker threads. Qt and napari live here and in the widget modules only; every computation
+goes through the Qt-free core (engine, evaluation, flow)."""
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QGridLayout,
+    QGroupBox,
+    QLabel,
+    QVBoxLayout,
+    QWidget,
+)
+
+#: Outputs larger than this go to a temporary zarr store on disk instead of RAM.
+OUTPUT_RAM_LIMIT = 2 * 1024**3
+
+_TEMP_DIRS: list[str] = []
+
+
+def _cleanup_temp_dirs() -> None:
+    for d in _TEMP_DIRS:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+atexit.register(_cleanup_temp_dirs)
+
+
+# -- notifications ----------------------------------------------------------------------------
+
+def notify_error(message: str) -> None:
+    from napari.utils.notifications import show_error
+
+    show_error(message)
+
+
+def notify_warning(message: str) -> None:
+    from napari.utils.notifications import show_warning
+
+    show_warning(message)
+
+
+def notify_info(message: str) -> None:
+    from napari.utils.notifications import show_info
+
+    show_info(message)
+
+
+# -- layers -----------------------------------------------------------------------------------
+
+def layer_problem(layer, min_slices: int = 2) -> str | None:
+    """Why ``layer`` cannot be reconstructed along z, or None when it can."""
+    from napari.layers import Image
+
+    if layer is None:
+        return "no image layer selected: open a 3D stack first (File > Open, or a sample)"
+    if not isinstance(layer, Image):
+        return (f"layer {layer.name!r} is a {type(layer).__name__} layer; "
+                "choose an Image layer holding a 3D stack")
+    if layer.rgb:
+        return (f"layer {layer.name!r} is RGB/RGBA; EM stacks are single-channel: "
+                "convert it to grayscale first")
+    data = layer_volume(layer)
+    if data.ndim == 2:
+        return (f"layer {layer.name!r} is a 2D image {tuple(data.shape)}; z-reconstruction "
+                "needs a 3D stack (z, y, x)")
+    if data.ndim != 3:
+        return (f"layer {layer.name!r} has {data.ndim} dimensions {tuple(data.shape)}; "
+                "expected a 3D stack (z, y, x). Split channels / time points first "
+                "(right-click the layer > Split Stack)")
+    if np.dtype(data.dtype).kind not in "uif":
+        return f"layer {layer.name!r} has voxel type {data.dtype}; use uint8, uint16 or float32"
+    if data.shape[0] < min_slices:
+        return (f"layer {layer.name!r} has {data.shape[0]} slice(s) along z; "
+                f"at least {min_slices} are needed")
+    return None
+
+
+def layer_volume(layer):
+    """The layer's full-resolution array (level 0 of a multiscale layer)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def anisotropy(layer) -> float:
+    """z step / y pixel size from the layer's scale (1.0 when unknown)."""
+    s = tuple(float(v) for v in layer.scale[-3:])
+    return s[0] / s[1] if s[1] > 0 else 1.0
+
+
+def unique_name(viewer, base: str) -> str:
+    names = {lay.name for lay in viewer.layers}
+    if base not in names:
+        return base
+    n = 2
+    while f"{base} [{n}]" in names:
+        n += 1
+    return f"{base} [{n}]"
+
+
+def factor_label(factor) -> str:
+    f = float(factor)
+    return f"×{f:g}"
+
+
+def result_name(layer_name: str, method: str, factor) -> str:
+    return f"{layer_name} · {method} {factor_label(factor)}"
+
+
+def layer_units(layer):
+    try:
+        units = tuple(str(u) for u in layer.units)
+        return units if len(units) == layer.ndim else None
+    except AttributeError:  # napari < 0.6
+        return None
+
+
+# -- output buffers ---------------------------------------------------------------------------
+
+def allocate_output(shape, dtype, limit: int | None = None):
+    """A zero-filled array for streamed results: numpy in RAM, or a zarr store in a temporary
+    folder when larger than ``limit`` bytes (default :data:`OUTPUT_RAM_LIMIT`).
+
+    Returns ``(array, store_path or None)``.
+    """
+    limit = OUTPUT_RAM_LIMIT if limit is None else limit
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if nbytes <= limit:
+        return np.zeros(shape, dtype), None  # calloc: pages are touched only when filled
+    import zarr
+
+    tmp = tempfile.mkdtemp(prefix="napari-zup-")
+    _TEMP_DIRS.append(tmp)
+    path = str(Path(tmp) / "output.zarr")
+    chunks = (1,) + tuple(min(s, 1024) for s in shape[1:])
+    arr = zarr.open_array(path, mode="w", shape=tuple(shape), chunks=chunks, dtype=dtype,
+                          fill_value=0)
+    return arr, path
+
+
+def release_store(path: str | None) -> None:
+    """Delete a temporary store made by :func:`allocate_output` (when its layer is removed)."""
+    if not path:
+        return
+    parent = str(Path(path).parent)
+    if parent in _TEMP_DIRS:
+        shutil.rmtree(parent, ignore_errors=True)
+        _TEMP_DIRS.remove(parent)
+
+
+# -- widgets ----------------------------------------------------------------------------------
+
+class LayerCombo(QComboBox):
+    """A combo box of the viewer's Image layers, kept in sync with the layer list."""
+
+    def __init__(self, viewer, parent=None, kinds=("image",)):
+        super().__init__(parent)
+        self.viewer = viewer
+        self.kinds = kinds
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(18)
+        ev = viewer.layers.events
+        ev.inserted.connect(self._refresh)
+        ev.removed.connect(self._refresh)
+        ev.reordered.connect(self._refresh)
+        ev.inserted.connect(self._watch_names)
+        for layer in viewer.layers:
+            layer.events.name.connect(self._refresh)
+        self._refresh()
+        active = viewer.layers.selection.active
+        if active is not None and active._type_string in kinds:
+            self.set_layer(active)
+
+    def _watch_names(self, event):
+        event.value.events.name.connect(self._refresh)
+
+    def _refresh(self, event=None):
+        current = self.layer()
+        self.blockSignals(True)
+        self.clear()
+        for layer in reversed(list(self.viewer.layers)):
+            if layer._type_string in self.kinds:
+                self.addItem(layer.name, layer)
+        self.blockSignals(False)
+        if current is not None and current in self.viewer.layers:
+            self.set_layer(current)
+        elif self.count():
+            self.setCurrentIndex(0)
+            self.currentIndexChanged.emit(0)
+
+    def layer(self):
+        return self.currentData() if self.count() else None
+
+    def set_layer(self, layer) -> None:
+        for i in range(self.count()):
+            if self.itemData(i) is layer:
+                self.setCurrentIndex(i)
+                return
+
+
+class MethodChecks(QGroupBox):
+    """Check boxes, one per registered method, with the description as tooltip."""
+
+    def __init__(self, title="Methods", checked=("linear", "of-linear"), parent=None,
+                 include_learned=True):
+        from ..methods import method_infos
+
+        super().__init__(title, parent)
+        lay = QGridLayout(self)
+        self.boxes: dict[str, QCheckBox] = {}
+        infos = [i for i in method_infos() if include_learned or not i.needs_checkpoint]
+        for n, info in enumerate(infos):
+            box = QCheckBox(info.name)
+            box.setToolTip(info.description)
+            box.setChecked(info.name in checked)
+            lay.addWidget(box, n // 3, n % 3)
+            self.boxes[info.name] = box
+
+    def selected(self) -> list[str]:
+        return [n for n, b in self.boxes.items() if b.isChecked()]
+
+    def set_selected(self, names) -> None:
+        for n, b in self.boxes.items():
+            b.setChecked(n in names)
+
+
+def wrap_label(text: str = "") -> QLabel:
+    lab = QLabel(text)
+    lab.setWordWrap(True)
+    lab.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return lab
+
+
+class DockWidget(QWidget):
+    """Base of the dock widgets: a vertical layout and the viewer."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.setLayout(QVBoxLayout())
+        self.layout().setContentsMargins(6, 6, 6, 6)
+
+
+def start_worker(function, *args, on_yield=None, on_return=None, on_error=None,
+                 on_finish=None, **kwargs):
+    """Run a generator or function in napari's ``thread_worker`` and connect callbacks
+    (all called in the GUI thread)."""
+    from napari.qt.threading import create_worker
+
+    worker = create_worker(function, *args, _start_thread=False, **kwargs)
+    if on_yield is not None and hasattr(worker, "yielded"):
+        worker.yielded.connect(on_yield)
+    if on_return is not None:
+        worker.returned.connect(on_return)
+    if on_error is not None:
+        worker.errored.connect(on_error)
+    if on_finish is not None:
+        worker.finished.connect(on_finish)
+    worker.start()
+    return worker
+
+
+def iterate_callbacks(function, *args, **kwargs):
+    """Run ``function(*args, callback=..., **kwargs)`` in a helper thread and yield whatever
+    it passes to ``callback`` as it comes; finally return ``function``'s result.
+
+    Lets a callback-style core function (``evaluate_method(on_slice=...)``) drive a
+    generator worker (progress and live display) without changing the core.
+    """
+    import queue
+
+    q: queue.Queue = queue.Queue()
+    done = object()
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = function(*args, callback=q.put, **kwargs)
+        except BaseException as exc:  # re-raised in the generator's thread
+            box["error"] = exc
+        finally:
+            q.put(done)
+
+    t = threading.Thread(target=run, daemon=True, name="zup-callback")
+    t.start()
+    while True:
+        item = q.get()
+        if item is done:
+            break
+        yield item
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")

@@ -1,0 +1,273 @@
+"""Reconstruct widget: one image layer -> a new, isotropic layer that streams in live."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
+
+from .. import grid
+from ..methods import get_info, method_infos
+from ._common import (
+    DockWidget,
+    LayerCombo,
+    anisotropy,
+    layer_problem,
+    layer_volume,
+    notify_error,
+    wrap_label,
+)
+from ._run import StreamingRun
+
+CHOOSE_FILE = "Choose a file…"
+BUNDLED = "bundled default"
+
+
+class ReconstructWidget(DockWidget):
+    """Pick a 3D image layer, a method and a factor; Run streams the result into a new layer.
+
+    The input layer is never modified; every run adds a new layer with a unique name. Cancel
+    stops within one tile and keeps what was computed, marked "(partial)".
+    """
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(napari_viewer, parent)
+        self.run: StreamingRun | None = None
+        self.runs: list[StreamingRun] = []
+        self._checkpoint_file: str | None = None
+
+        form = QFormLayout()
+        self.layer_combo = LayerCombo(self.viewer)
+        self.layer_info = wrap_label()
+        self.method_combo = QComboBox()
+        for n, info in enumerate(method_infos()):
+            self.method_combo.addItem(info.name)
+            self.method_combo.setItemData(n, info.description, 3)  # Qt.ToolTipRole
+        self.method_combo.setCurrentText("of-linear")
+        self.method_desc = wrap_label()
+        self.factor_spin = QDoubleSpinBox()
+        self.factor_spin.setDecimals(3)
+        self.factor_spin.setRange(1.001, 100.0)
+        self.factor_spin.setSingleStep(0.5)
+        self.factor_spin.setValue(2.0)
+        self.factor_spin.setToolTip(
+            "Output slices per input slice interval (z step / pixel size gives isotropic "
+            "voxels). Fractional factors (e.g. 2.5) work with most methods.")
+        self.factor_from_scale = QPushButton("from scale")
+        self.factor_from_scale.setToolTip("z step / pixel size of the layer (isotropic output)")
+        frow = QHBoxLayout()
+        frow.addWidget(self.factor_spin, 1)
+        frow.addWidget(self.factor_from_scale)
+        factor_row = QWidget()
+        factor_row.setLayout(frow)
+        frow.setContentsMargins(0, 0, 0, 0)
+
+        self.checkpoint_combo = QComboBox()
+        self.checkpoint_combo.setToolTip("Weights of a learned method: the file shipped with "
+                                         "napari-zup, or one you trained (zup train)")
+        self.device_combo = QComboBox()
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(0, 16384)
+        self.tile_spin.setSingleStep(256)
+        self.tile_spin.setSpecialValueText("auto")
+        self.tile_spin.setToolTip("y/x tile edge in pixels (auto: 2048, or the chunks of a "
+                                  "lazy layer); smaller tiles need less memory")
+        self.flow_check = QCheckBox("show flow (vectors + colour wheel)")
+        self.flow_check.setToolTip("Optical-flow methods only: add a Vectors layer and a "
+                                   "colour-coded flow layer in register with the output")
+        self.vector_step = QSpinBox()
+        self.vector_step.setRange(4, 256)
+        self.vector_step.setValue(16)
+        self.vector_step.setSuffix(" px grid")
+        self.follow_check = QCheckBox("follow the newest slice")
+        self.follow_check.setChecked(True)
+
+        form.addRow("image", self.layer_combo)
+        form.addRow("", self.layer_info)
+        form.addRow("method", self.method_combo)
+        form.addRow("", self.method_desc)
+        form.addRow("factor", factor_row)
+        form.addRow("checkpoint", self.checkpoint_combo)
+        form.addRow("device", self.device_combo)
+        form.addRow("tile size", self.tile_spin)
+        form.addRow("flow", self.flow_check)
+        form.addRow("vectors", self.vector_step)
+        form.addRow("", self.follow_check)
+        self.layout().addLayout(form)
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        self.layout().addLayout(buttons)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setVisible(False)
+        self.status = wrap_label()
+        self.layout().addWidget(self.progress_bar)
+        self.layout().addWidget(self.status)
+        self.layout().addStretch(1)
+
+        self.layer_combo.currentIndexChanged.connect(self._layer_changed)
+        self.method_combo.currentTextChanged.connect(self._method_changed)
+        self.factor_from_scale.clicked.connect(self._prefill_factor)
+        self.checkpoint_combo.activated.connect(self._checkpoint_chosen)
+        self.flow_check.toggled.connect(self.vector_step.setEnabled)
+        self.run_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.vector_step.setEnabled(False)
+        self._method_changed(self.method_combo.currentText())
+        self._layer_changed()
+
+    # -- form ---------------------------------------------------------------------------------
+
+    def _layer_changed(self, *_):
+        layer = self.layer_combo.layer()
+        if layer is None:
+            self.layer_info.setText("open a 3D stack (File > Open, or File > Open Sample)")
+            return
+        problem = layer_problem(layer)
+        if problem:
+            self.layer_info.setText(f"<span style='color:#e8a33d'>{problem}</span>")
+            return
+        shape = tuple(layer_volume(layer).shape)
+        s = tuple(float(v) for v in layer.scale[-3:])
+        self.layer_info.setText(
+            f"{shape[0]}×{shape[1]}×{shape[2]} (z,y,x), voxel {s[0]:g}×{s[1]:g}×{s[2]:g}, "
+            f"anisotropy {anisotropy(layer):.3g}")
+        self._prefill_factor()
+
+    def _prefill_factor(self, *_):
+        layer = self.layer_combo.layer()
+        if layer is not None and layer_problem(layer) is None:
+            a = anisotropy(layer)
+            if a > 1.0005:
+                self.factor_spin.setValue(round(a, 3))
+
+    def _method_changed(self, name):
+        from ..checkpoints import default_checkpoint
+        from ..devices import available_devices
+
+        info = get_info(name)
+        self.method_desc.setText(info.description)
+        self.method_combo.setToolTip(info.description)
+        self.checkpoint_combo.clear()
+        if info.needs_checkpoint:
+            if default_checkpoint(name) is not None:
+                self.checkpoint_combo.addItem(BUNDLED)
+            if self._checkpoint_file:
+                self.checkpoint_combo.addItem(self._checkpoint_file)
+            self.checkpoint_combo.addItem(CHOOSE_FILE)
+        else:
+            self.checkpoint_combo.addItem("not needed")
+        self.checkpoint_combo.setEnabled(info.needs_checkpoint)
+        self.device_combo.clear()
+        devices = [d for d in available_devices() if d in info.devices] or ["cpu"]
+        self.device_combo.addItems(devices)
+        self.device_combo.setEnabled(len(devices) > 1)
+        self.flow_check.setEnabled(name.startswith("of-"))
+        if not name.startswith("of-"):
+            self.flow_check.setChecked(False)
+
+    def _checkpoint_chosen(self, index):
+        if self.checkpoint_combo.itemText(index) != CHOOSE_FILE:
+            return
+        path, _ = QFileDialog.getOpenFileName(self, "Checkpoint", "",
+                                              "Checkpoints (*.safetensors *.pt)")
+        if path:
+            self._checkpoint_file = path
+            self._method_changed(self.method_combo.currentText())
+            self.checkpoint_combo.setCurrentText(path)
+
+    def method_params(self) -> dict | None:
+        """Parameters passed to the method: checkpoint and device for learned methods."""
+        name = self.method_combo.currentText()
+        info = get_info(name)
+        if not info.needs_checkpoint:
+            return None
+        choice = self.checkpoint_combo.currentText()
+        params = {"device": self.device_combo.currentText()}
+        if choice == CHOOSE_FILE or not choice:
+            raise ValueError(f"method {name!r} needs a checkpoint: choose a file")
+        if choice != BUNDLED:
+            if not Path(choice).is_file():
+                raise ValueError(f"checkpoint {choice!r} does not exist")
+            params["checkpoint"] = choice
+        return params
+
+    # -- run ----------------------------------------------------------------------------------
+
+    def start(self):
+        """Check the inputs, add the output layer and start streaming into it."""
+        if self.run is not None and self.run.running:
+            notify_error("a reconstruction is already running; cancel it or wait")
+            return None
+        layer = self.layer_combo.layer()
+        problem = layer_problem(layer)
+        if problem:
+            notify_error(f"Reconstruct: {problem}")
+            return None
+        method = self.method_combo.currentText()
+        info = get_info(method)
+        try:
+            factor = grid.parse_factor(self.factor_spin.value())
+            if factor.denominator != 1 and not info.fractional:
+                raise ValueError(f"method {method!r} supports only integer factors, got "
+                                 f"{float(factor):g}; set the factor to a whole number")
+            if layer_volume(layer).shape[0] < info.min_slices:
+                raise ValueError(f"method {method!r} needs at least {info.min_slices} slices")
+            params = self.method_params()
+        except ValueError as exc:
+            notify_error(f"Reconstruct: {exc}")
+            return None
+        self.run = StreamingRun(
+            self.viewer, layer, method, factor, method_params=params,
+            tile_size=self.tile_spin.value() or None,
+            want_flows=self.flow_check.isChecked() and self.flow_check.isEnabled(),
+            vector_step=self.vector_step.value(), follow=self.follow_check.isChecked(),
+            on_progress=self._on_progress, on_done=self._on_done)
+        self.runs.append(self.run)
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress_bar.setRange(0, self.run.out_shape[0])
+        self.progress_bar.setValue(0)
+        self.progress_bar.setVisible(True)
+        self.status.setText(f"{method} ×{float(factor):g}: starting…")
+        self.run.start()
+        return self.run
+
+    def cancel(self):
+        if self.run is not None and self.run.running:
+            self.run.cancel()
+            self.status.setText("cancelling (stops after the tiles in progress)…")
+
+    def _on_progress(self, run):
+        self.progress_bar.setValue(run.progress.done)
+        first = run.stats.get("first_slice_s")
+        self.status.setText(f"{run.method}: {run.progress}"
+                            + (f"; first slice after {first:.2f} s" if first else ""))
+
+    def _on_done(self, run):
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.progress_bar.setVisible(False)
+        s = run.stats
+        if run.status == "done":
+            self.status.setText(
+                f"{run.method}: {s['slices']} slices in {s['total_s']:.1f} s "
+                f"(first slice after {s.get('first_slice_s', float('nan')):.2f} s) -> "
+                f"layer {run.layer.name!r}")
+        else:
+            self.status.setText(f"{run.method}: {run.status} after {s['slices']} of "
+                                f"{run.out_shape[0]} slices; layer marked partial")

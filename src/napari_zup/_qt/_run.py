@@ -1,0 +1,259 @@
+"""One streaming reconstruction run inside napari: the output layer appears at once and fills
+in slice by slice while :func:`napari_zup.engine.iter_reconstruct` runs in a worker thread.
+
+Used by the Reconstruct and Compare widgets. The worker writes every finished slice straight
+into the output buffer (numpy, or a zarr store on disk for large outputs) and only tells the
+GUI thread *which* slice is ready; the GUI thread refreshes the layer at most every
+``REFRESH_S`` seconds, so a fast method never floods the event loop.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from fractions import Fraction
+
+import numpy as np
+
+from .. import grid
+from ..engine import Progress, ReconstructionCancelled, iter_reconstruct
+from ..flow import flow_to_rgb, flow_vectors
+from ._common import (
+    allocate_output,
+    layer_units,
+    layer_volume,
+    notify_error,
+    notify_info,
+    release_store,
+    unique_name,
+)
+
+#: Smallest interval between two redraws of a streaming layer (seconds).
+REFRESH_S = 0.1
+PARTIAL_SUFFIX = " (partial)"
+
+
+class StreamingRun:
+    """Reconstruct ``layer`` with ``method`` at ``factor`` into a new layer, live.
+
+    Callbacks (GUI thread): ``on_progress(run)`` after each slice, ``on_done(run)`` at the end
+    (``run.status`` is "done", "cancelled" or "failed").
+    """
+
+    def __init__(self, viewer, layer, method: str, factor, *, method_params=None,
+                 tile_size=None, want_flows=False, vector_step=16, vector_length=1.0,
+                 follow=True, name=None, on_progress=None, on_done=None, workers=None):
+        self.viewer = viewer
+        self.source = layer
+        self.method = method
+        self.factor: Fraction = grid.parse_factor(factor)
+        self.method_params = method_params or {}
+        self.tile_size = tile_size or None
+        self.want_flows = want_flows
+        self.vector_step = int(vector_step)
+        self.vector_length = float(vector_length)
+        self.follow = follow
+        self.workers = workers
+        self.on_progress = on_progress
+        self.on_done = on_done
+        self.cancel_event = threading.Event()
+        self.status = "pending"
+        self.error: BaseException | None = None
+        self.layer = None
+        self.flow_layer = None
+        self.vectors_layer = None
+        self.store = None
+        self.worker = None
+        self.stats: dict = {}
+        volume = layer_volume(layer)
+        self.volume = volume
+        z, h, w = (int(s) for s in volume.shape)
+        self.out_shape = (grid.output_length(z, self.factor), h, w)
+        self.progress = Progress(self.out_shape[0])
+        self._name = name
+        self._vectors: list[np.ndarray] = []
+        self._magnitudes: list[np.ndarray] = []
+        self._vec_dirty = False
+        self._last_refresh = 0.0
+        self._latest = -1
+        self._pbar = None
+
+    # -- layers -----------------------------------------------------------------------------
+
+    def _out_scale(self):
+        sz, sy, sx = (float(s) for s in self.source.scale[-3:])
+        return (sz / float(self.factor), sy, sx)
+
+    def _common_kwargs(self):
+        kw = {"scale": self._out_scale(), "translate": tuple(self.source.translate[-3:])}
+        units = layer_units(self.source)
+        if units:
+            kw["units"] = units
+        return kw
+
+    def _add_layers(self):
+        src = self.source
+        base = self._name or f"{src.name} · {self.method} ×{float(self.factor):g}"
+        data, self.store = allocate_output(self.out_shape, self.volume.dtype)
+        self._out = data
+        sz, sy, sx = self._out_scale()
+        meta = {"zup": {
+            "source_layer": src.name, "method": self.method,
+            "factor": str(self.factor), "method_params": dict(self.method_params),
+            "voxel_size": [sz, sy, sx], "status": "running", "slices_done": 0,
+            "slices_total": self.out_shape[0], "partial": True, "store": self.store,
+        }}
+        self.layer = self.viewer.add_image(
+            data, name=unique_name(self.viewer, base), metadata=meta,
+            contrast_limits=tuple(src.contrast_limits), colormap=src.colormap,
+            axis_labels=("z", "y", "x"), **self._common_kwargs())
+        if self.want_flows:
+            flow_data, flow_store = allocate_output(self.out_shape + (3,), np.uint8)
+            self._flow_out = flow_data
+            self.flow_layer = self.viewer.add_image(
+                flow_data, rgb=True, name=unique_name(self.viewer, base + " flow colours"),
+                opacity=0.6, blending="additive", visible=False,
+                metadata={"zup": {"store": flow_store, "source_layer": src.name,
+                                  "kind": "flow colour wheel (hue = direction)"}},
+                **self._common_kwargs())
+            self.vectors_layer = self.viewer.add_vectors(
+                np.zeros((0, 2, 3), np.float32), name=unique_name(self.viewer, base + " flow"),
+                features={"magnitude": np.zeros(0, np.float32)}, edge_width=1.5,
+                length=self.vector_length, vector_style="arrow",
+                edge_colormap="turbo", metadata={"zup": {"source_layer": src.name}},
+                **self._common_kwargs())
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
+
+    def _on_layer_removed(self, event):
+        layer = event.value
+        if layer is self.layer and self.status == "running":
+            self.cancel_event.set()  # the user deleted the output: stop computing it
+        if layer is self.layer or layer is self.flow_layer:
+            release_store(layer.metadata.get("zup", {}).get("store"))
+
+    # -- worker (runs in a thread) ----------------------------------------------------------
+
+    def _job(self):
+        out = self._out
+        flow_vmax = None
+        it = iter_reconstruct(
+            self.volume, self.method, self.factor, method_params=self.method_params or None,
+            tile_size=self.tile_size, want_flows=self.want_flows, cancel=self.cancel_event,
+            workers=self.workers)
+        try:
+            for item in it:
+                i = item[0]
+                out[i] = item[1]
+                extra = None
+                if self.want_flows and item[2] is not None:
+                    flow = item[2]
+                    if flow_vmax is None:  # one colour scale for the whole run
+                        mag = np.hypot(flow[..., 0], flow[..., 1])
+                        flow_vmax = max(float(np.percentile(mag, 99)), 0.5)
+                    self._flow_out[i] = flow_to_rgb(flow, flow_vmax)
+                    vec2 = flow_vectors(flow, self.vector_step)
+                    vec = np.zeros((len(vec2), 2, 3), np.float32)
+                    vec[:, 0, 0] = i
+                    vec[:, :, 1:] = vec2
+                    extra = (vec, np.hypot(vec2[:, 1, 0], vec2[:, 1, 1]).astype(np.float32),
+                             flow_vmax)
+                yield i, extra
+        except ReconstructionCancelled:
+            return "cancelled"
+        finally:
+            it.close()
+        return "done"
+
+    # -- GUI thread -------------------------------------------------------------------------
+
+    def start(self):
+        from napari.utils import progress
+
+        from ._common import start_worker
+
+        self.t_start = time.perf_counter()
+        self._add_layers()
+        self.status = "running"
+        self._pbar = progress(total=self.out_shape[0],
+                              desc=f"{self.method} ×{float(self.factor):g}")
+        self.worker = start_worker(self._job, on_yield=self._on_slice,
+                                   on_return=self._on_return, on_error=self._on_error)
+        return self
+
+    def cancel(self):
+        self.cancel_event.set()
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    def _on_slice(self, value):
+        i, extra = value
+        now = time.perf_counter()
+        self.progress.update()
+        self._latest = max(self._latest, i)
+        if self._pbar is not None:
+            self._pbar.update(1)
+        if extra is not None:
+            vec, mag, vmax = extra
+            self._vectors.append(vec)
+            self._magnitudes.append(mag)
+            self._flow_vmax = vmax
+            self._vec_dirty = True
+        first = "first_slice_s" not in self.stats
+        if first or now - self._last_refresh >= REFRESH_S:
+            self._refresh()
+            if first:
+                self.stats["first_slice_s"] = time.perf_counter() - self.t_start
+        if self.on_progress is not None:
+            self.on_progress(self)
+
+    def _refresh(self):
+        self._last_refresh = time.perf_counter()
+        if self.layer is None:
+            return
+        self.layer.metadata["zup"]["slices_done"] = self.progress.done
+        if self.follow and self._latest >= 0:
+            z = self.layer.translate[-3] + self._latest * self.layer.scale[-3]
+            axis = self.viewer.dims.ndim - 3
+            self.viewer.dims.set_point(axis, z)
+        self.layer.refresh()
+        if self.flow_layer is not None:
+            self.flow_layer.refresh()
+        if self.vectors_layer is not None and self._vec_dirty:
+            self._vec_dirty = False
+            self.vectors_layer.data = np.concatenate(self._vectors)
+            self.vectors_layer.features = {"magnitude": np.concatenate(self._magnitudes)}
+            self.vectors_layer.edge_color = "magnitude"
+            self.vectors_layer.edge_contrast_limits = (0.0, float(self._flow_vmax))
+
+    def _finish(self, status: str):
+        self.status = status
+        self.stats["total_s"] = time.perf_counter() - self.t_start
+        self.stats["slices"] = self.progress.done
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        if self.layer is not None:
+            self._refresh()
+            meta = self.layer.metadata["zup"]
+            meta["status"] = status
+            meta["partial"] = status != "done"
+            if status != "done" and self.layer in self.viewer.layers:
+                meta["slices_done"] = self.progress.done
+                self.layer.name = self.layer.name + PARTIAL_SUFFIX
+        if self.want_flows and not self._vectors and status == "done":
+            notify_info(f"method {self.method!r} does not produce flow fields; "
+                        "flow layers stay empty (use of-linear or of-cubic)")
+        if self.on_done is not None:
+            self.on_done(self)
+
+    def _on_return(self, status):
+        self._finish(status or "done")
+        if status == "cancelled":
+            notify_info(f"{self.method}: cancelled after {self.progress.done} of "
+                        f"{self.out_shape[0]} slices; the layer is marked partial")
+
+    def _on_error(self, exc):
+        self.error = exc
+        self._finish("failed")
+        notify_error(f"{self.method} ×{float(self.factor):g} failed: {exc}")
