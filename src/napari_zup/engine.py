@@ -162,13 +162,14 @@ def render_output_block(
     xs: slice,
     value_range: tuple[float, float],
     want_flows: bool = False,
+    out: np.ndarray | None = None,
 ):
     """Output slices ``out_indices`` (consecutive) restricted to the tile ``(ys, xs)``.
 
     Reads from ``volume`` (numpy, dask or zarr; anything sliceable) only the knots these
     slices need plus ``method.z_context`` knots each side and ``method.halo()`` pixels around
     the tile. Returns ``(block, flows)``: (len(out_indices), tile_h, tile_w) in the volume's
-    dtype, and a list of per-slice flow fields (or None).
+    dtype (written into ``out`` when given), and a list of per-slice flow fields (or None).
     """
     f = grid.parse_factor(factor)
     n_z, h, w = (int(s) for s in volume.shape)
@@ -184,7 +185,8 @@ def render_output_block(
     block = np.asarray(volume[z0:z1 + 1, y0:y1, x0:x1])
     crop = (slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0))
 
-    out = np.empty((len(positions), ys.stop - ys.start, xs.stop - xs.start), block.dtype)
+    if out is None:
+        out = np.empty((len(positions), ys.stop - ys.start, xs.stop - xs.start), block.dtype)
     flows: list | None = [None] * len(positions) if want_flows else None
     todo = []
     for j, p in enumerate(positions):
@@ -228,6 +230,7 @@ def iter_reconstruct(
     want_flows: bool = False,
     cancel: threading.Event | None = None,
     value_range=None,
+    out: np.ndarray | None = None,
 ) -> Iterator[tuple]:
     """Yield ``(z_index, slice)`` in z order as soon as each output slice is finished.
 
@@ -235,6 +238,8 @@ def iter_reconstruct(
     ``volume``: numpy or dask array (z, y, x). Tiles follow a dask array's (y, x) chunks, or
     ``tile_size``. ``cancel``: a threading.Event; when set, the run stops after the tiles in
     progress and :class:`ReconstructionCancelled` is raised. Closing the iterator also stops.
+    ``out``: optional preallocated output array (numpy) that tiles are written into directly
+    (the yielded slices are then views of it).
     """
     method_obj, owned = _method(method, method_params)
     name = method_obj.info.name
@@ -251,11 +256,11 @@ def iter_reconstruct(
     slabs = [[i for _, items in groups[s:s + step] for i, _ in items]
              for s in range(0, len(groups), step)]
 
-    def job(indices, tile):
+    def job(indices, tile, dest):
         if cancel is not None and cancel.is_set():
             return None
         return render_output_block(volume, method_obj, plan.factor, indices, *tile,
-                                   plan.value_range, want_flows)
+                                   plan.value_range, want_flows, out=dest)
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zup")
     pending: deque = deque()
@@ -267,25 +272,27 @@ def iter_reconstruct(
             indices = next(slab_iter, None)
             if indices is None:
                 return False
-            pending.append((indices, [(t, pool.submit(job, indices, t)) for t in tiles]))
+            if out is not None:  # tiles write straight into the caller's array
+                slab = out[indices[0]:indices[-1] + 1]
+            else:
+                slab = np.empty((len(indices),) + plan.out_shape[1:], plan.dtype)
+            futures = [(t, pool.submit(job, indices, t, slab[:, t[0], t[1]])) for t in tiles]
+            pending.append((indices, slab, futures))
             return True
 
         for _ in range(ahead):
             if not submit_next():
                 break
         while pending:
-            indices, futures = pending.popleft()
+            indices, slab, futures = pending.popleft()
             submit_next()
-            slab = np.empty((len(indices),) + plan.out_shape[1:], plan.dtype)
             slab_flows = [None] * len(indices) if want_flows else None
             for (ys, xs), fut in futures:
                 result = fut.result()
                 if result is None or (cancel is not None and cancel.is_set()):
                     raise ReconstructionCancelled("reconstruction cancelled")
-                block, flows = result
-                slab[:, ys, xs] = block
-                if want_flows and flows is not None:
-                    for j, fl in enumerate(flows):
+                if want_flows and result[1] is not None:
+                    for j, fl in enumerate(result[1]):
                         if fl is None:
                             continue
                         if slab_flows[j] is None:
@@ -297,7 +304,7 @@ def iter_reconstruct(
                 else:
                     yield i, slab[j]
     finally:
-        for _, futures in pending:
+        for _, _, futures in pending:
             for _, fut in futures:
                 fut.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
@@ -336,8 +343,8 @@ def reconstruct(volume, method: str | Method = "linear", factor=2, **kwargs) -> 
     out_shape = (grid.output_length(int(volume.shape[0]), f),) + tuple(volume.shape[1:])
     check_fits_in_memory(int(np.prod(out_shape)) * np.dtype(volume.dtype).itemsize)
     out = np.empty(out_shape, volume.dtype)
-    for item in iter_reconstruct(volume, method, f, **kwargs):
-        out[item[0]] = item[1]
+    for _ in iter_reconstruct(volume, method, f, out=out, **kwargs):
+        pass
     return out
 
 

@@ -33,25 +33,51 @@ def catmull_rom_weights(t: float) -> tuple[float, float, float, float]:
     )
 
 
-def blend(images: Sequence[np.ndarray], weights: Sequence[float], dtype) -> np.ndarray:
-    """``sum(w * image)`` rounded and saturated into ``dtype`` (float dtypes: plain sum)."""
+def blend(images: Sequence[np.ndarray], weights: Sequence[float], dtype,
+          dst: np.ndarray | None = None) -> np.ndarray:
+    """``sum(w * image)`` rounded and saturated into ``dtype`` (float dtypes: plain sum),
+    written into ``dst`` when given (a contiguous (H, W) array of ``dtype``)."""
     dtype = np.dtype(dtype)
     depth = _CV_DEPTH.get(dtype)
     if depth is None:  # uncommon dtypes (int32, ...): exact numpy path
         from .base import to_dtype
 
         acc = sum(w * im.astype(np.float64) for w, im in zip(weights, images))
-        return to_dtype(acc, dtype)
+        res = to_dtype(acc, dtype)
+        if dst is not None:
+            dst[...] = res
+            return dst
+        return res
+    if dst is not None and not (dst.flags.c_contiguous and dst.dtype == dtype):
+        dst[...] = blend(images, weights, dtype)
+        return dst
     if len(images) == 1:
-        return images[0].copy() if weights[0] == 1 else cv2.addWeighted(
-            images[0], weights[0], images[0], 0.0, 0.0, dtype=depth)
+        return cv2.addWeighted(images[0], weights[0], images[0], 0.0, 0.0, dst=dst,
+                               dtype=depth)
     if len(images) == 2:
-        return cv2.addWeighted(images[0], weights[0], images[1], weights[1], 0.0, dtype=depth)
+        return cv2.addWeighted(images[0], weights[0], images[1], weights[1], 0.0, dst=dst,
+                               dtype=depth)
     if len(images) == 4:
+        # Two float partial sums per band of rows: the temporaries stay in cache, and
+        # addWeighted(float, float -> int) is SIMD where cv2.add with a dtype change is not.
         acc_depth = cv2.CV_64F if dtype == np.float64 else cv2.CV_32F
-        s1 = cv2.addWeighted(images[1], weights[1], images[2], weights[2], 0.0, dtype=acc_depth)
-        s2 = cv2.addWeighted(images[0], weights[0], images[3], weights[3], 0.0, dtype=acc_depth)
-        return cv2.add(s1, s2, dtype=depth)
+        h, w = images[0].shape
+        if dst is None:
+            dst = np.empty((h, w), dtype)
+        band = max(1, min(h, (1 << 17) // max(w, 1)))
+        acc = np.float64 if dtype == np.float64 else np.float32
+        s1 = np.empty((band, w), acc)
+        s2 = np.empty((band, w), acc)
+        for r in range(0, h, band):
+            rows = slice(r, min(r + band, h))
+            n = rows.stop - rows.start
+            a1, a2 = s1[:n], s2[:n]
+            cv2.addWeighted(images[1][rows], weights[1], images[2][rows], weights[2], 0.0,
+                            dst=a1, dtype=acc_depth)
+            cv2.addWeighted(images[0][rows], weights[0], images[3][rows], weights[3], 0.0,
+                            dst=a2, dtype=acc_depth)
+            cv2.addWeighted(a1, 1.0, a2, 1.0, 0.0, dst=dst[rows], dtype=depth)
+        return dst
     raise ValueError("blend takes 1, 2 or 4 images")
 
 
@@ -87,7 +113,7 @@ class Linear(Method):
         out = np.empty((len(positions),) + block.shape[1:], block.dtype)
         for j, p in enumerate(positions):
             k, t = _split(p, n)
-            out[j] = blend([block[k], block[k + 1]], [1.0 - t, t], block.dtype)
+            blend([block[k], block[k + 1]], [1.0 - t, t], block.dtype, dst=out[j])
         return RenderResult(out)
 
 
@@ -104,7 +130,7 @@ class Cubic(Method):
         for j, p in enumerate(positions):
             k, t = _split(p, n)
             idx = [min(max(k + d, 0), n - 1) for d in (-1, 0, 1, 2)]
-            out[j] = blend([block[i] for i in idx], catmull_rom_weights(t), block.dtype)
+            blend([block[i] for i in idx], catmull_rom_weights(t), block.dtype, dst=out[j])
         return RenderResult(out)
 
 
