@@ -120,7 +120,7 @@ class Linear(Method):
 class Cubic(Method):
     info = MethodInfo(
         name="cubic", kind="pair", fractional=True, min_slices=2,
-        description="Catmull-Rom cubic (a = 1/2) over four slices (eq. 37), outer knots clamped.",
+        description="Catmull-Rom cubic (a = 1/2) over four slices (eq. 37); outer knots clamped at the ends, so 2-3 slices work too.",
     )
     z_context = 1
 
