@@ -161,10 +161,12 @@ def release_store(path: str | None) -> None:
 class LayerCombo(QComboBox):
     """A combo box of the viewer's Image layers, kept in sync with the layer list."""
 
-    def __init__(self, viewer, parent=None, kinds=("image",)):
+    def __init__(self, viewer, parent=None, kinds=None):
+        from napari.layers import Image
+
         super().__init__(parent)
         self.viewer = viewer
-        self.kinds = kinds
+        self.kinds = kinds or (Image,)
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(18)
         ev = viewer.layers.events
@@ -176,7 +178,7 @@ class LayerCombo(QComboBox):
             layer.events.name.connect(self._refresh)
         self._refresh()
         active = viewer.layers.selection.active
-        if active is not None and active._type_string in kinds:
+        if isinstance(active, self.kinds):
             self.set_layer(active)
 
     def _watch_names(self, event):
@@ -187,7 +189,7 @@ class LayerCombo(QComboBox):
         self.blockSignals(True)
         self.clear()
         for layer in reversed(list(self.viewer.layers)):
-            if layer._type_string in self.kinds:
+            if isinstance(layer, self.kinds):
                 self.addItem(layer.name, layer)
         self.blockSignals(False)
         if current is not None and current in self.viewer.layers:

@@ -156,7 +156,7 @@ class CompareWidget(DockWidget):
                             f"{run.progress}")
 
     def _on_done(self, run):
-        self.progress_bar.setValue(len(self.results) - (0 if run.status == "done" else 1))
+        self.progress_bar.setValue(sum(r.status == "done" for r in self.runs[-len(self.results):]))
         if run.status != "done":
             self._queue = []
         self._next()

@@ -7,6 +7,7 @@ All numbers come from :func:`napari_zup.evaluation.evaluate_method` (the same fu
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 from qtpy.QtWidgets import (
@@ -62,6 +63,8 @@ class EvaluateWidget(DockWidget):
         self.worker = None
         self._cancel = threading.Event()
         self._pbar = None
+        self._in_pbar = False
+        self._pbar_t = 0.0
         form = QFormLayout()
         self.layer_combo = LayerCombo(self.viewer)
         self.factor_spin = QSpinBox()
@@ -223,9 +226,15 @@ class EvaluateWidget(DockWidget):
         if kind == "slice":
             self._done_slices += 1
             self.progress_bar.setValue(self._done_slices)
-            if self._pbar is not None:
-                self._pbar.update(1)
             self.status.setText(f"{method}: slice {payload + 1}/{self._n_out}")
+            now = time.perf_counter()
+            # napari's progress bar processes events (re-entrant calls): update it rarely
+            if self._pbar is not None and not self._in_pbar and now - self._pbar_t > 0.1:
+                self._in_pbar, self._pbar_t = True, now
+                try:
+                    self._pbar.update(self._done_slices - self._pbar.n)
+                finally:
+                    self._in_pbar = False
             return
         score, recon, maps = payload
         self._show_method(method, score, recon, maps)

@@ -76,6 +76,7 @@ class StreamingRun:
         self._last_refresh = 0.0
         self._latest = -1
         self._pbar = None
+        self._in_refresh = False
 
     # -- layers -----------------------------------------------------------------------------
 
@@ -191,8 +192,6 @@ class StreamingRun:
         now = time.perf_counter()
         self.progress.update()
         self._latest = max(self._latest, i)
-        if self._pbar is not None:
-            self._pbar.update(1)
         if extra is not None:
             vec, mag, vmax = extra
             self._vectors.append(vec)
@@ -200,7 +199,9 @@ class StreamingRun:
             self._flow_vmax = vmax
             self._vec_dirty = True
         first = "first_slice_s" not in self.stats
-        if first or now - self._last_refresh >= REFRESH_S:
+        # napari's progress bar runs QApplication.processEvents(), which delivers further
+        # slices re-entrantly: those only count, the outer call redraws.
+        if not self._in_refresh and (first or now - self._last_refresh >= REFRESH_S):
             self._refresh()
             if first:
                 self.stats["first_slice_s"] = time.perf_counter() - self.t_start
@@ -208,6 +209,13 @@ class StreamingRun:
             self.on_progress(self)
 
     def _refresh(self):
+        self._in_refresh = True
+        try:
+            self._redraw()
+        finally:
+            self._in_refresh = False
+
+    def _redraw(self):
         self._last_refresh = time.perf_counter()
         if self.layer is None:
             return
@@ -225,6 +233,8 @@ class StreamingRun:
             self.vectors_layer.features = {"magnitude": np.concatenate(self._magnitudes)}
             self.vectors_layer.edge_color = "magnitude"
             self.vectors_layer.edge_contrast_limits = (0.0, float(self._flow_vmax))
+        if self._pbar is not None and self.progress.done > self._pbar.n:
+            self._pbar.update(self.progress.done - self._pbar.n)
 
     def _finish(self, status: str):
         self.status = status

@@ -1,0 +1,280 @@
+"""The napari widgets in a real viewer (pytest-qt under Xvfb), on the real FIB-SEM sample.
+
+Classical and optical-flow methods only, small stacks: the whole file runs in well under two
+minutes on two cores.
+"""
+import numpy as np
+import pytest
+
+from napari_zup import grid
+from napari_zup._sample_data import anisotropic_sample, isotropic_sample
+from napari_zup.engine import reconstruct
+from napari_zup.evaluation import evaluate_method
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture
+def notes():
+    """Messages of the napari notifications shown during a test."""
+    from napari.utils.notifications import notification_manager
+
+    got = []
+
+    def keep(n):
+        got.append(n.message)
+
+    notification_manager.notification_ready.connect(keep)
+    yield got
+    notification_manager.notification_ready.disconnect(keep)
+
+
+@pytest.fixture
+def viewer_with_sample(make_napari_viewer):
+    viewer = make_napari_viewer()
+    data, kw, _ = anisotropic_sample()[0]
+    layer = viewer.add_image(data, **kw)
+    return viewer, layer
+
+
+def _wait_done(qtbot, run):
+    qtbot.waitUntil(lambda: not run.running, timeout=TIMEOUT_MS)
+
+
+def test_reconstruct_adds_a_streamed_layer_with_the_right_scale(qtbot, viewer_with_sample):
+    from napari_zup._qt import ReconstructWidget
+
+    viewer, layer = viewer_with_sample
+    before = layer.data.copy()
+    w = ReconstructWidget(viewer)
+    assert w.layer_combo.layer() is layer
+    assert w.factor_spin.value() == pytest.approx(4.0)  # z step 40 nm / pixel 10 nm
+    w.method_combo.setCurrentText("linear")
+    run = w.start()
+    assert run.layer in viewer.layers  # the output layer exists at once
+    _wait_done(qtbot, run)
+    out = run.layer
+    assert run.status == "done"
+    assert out.data.shape == (129, 192, 192)
+    assert tuple(out.scale) == pytest.approx((10.0, 10.0, 10.0))
+    assert tuple(out.translate) == pytest.approx(tuple(layer.translate))
+    assert out.name == f"{layer.name} · linear ×4"
+    np.testing.assert_array_equal(out.data, reconstruct(before, "linear", 4))
+    assert out.metadata["zup"]["status"] == "done" and not out.metadata["zup"]["partial"]
+    np.testing.assert_array_equal(layer.data, before)  # the input is never modified
+    # running again adds a second layer with a unique name
+    run2 = w.start()
+    _wait_done(qtbot, run2)
+    assert run2.layer is not out and run2.layer.name != out.name
+    assert out in viewer.layers
+
+
+def test_partial_layer_is_visible_before_the_run_ends(qtbot, viewer_with_sample):
+    from napari_zup._qt import ReconstructWidget
+
+    viewer, layer = viewer_with_sample
+    w = ReconstructWidget(viewer)
+    w.method_combo.setCurrentText("of-linear")
+    run = w.start()
+    qtbot.waitUntil(lambda: run.progress.done > 0, timeout=TIMEOUT_MS)
+    run.worker.pause()  # hold the stream: what the user sees mid-run
+    qtbot.waitUntil(lambda: run.worker.is_paused, timeout=TIMEOUT_MS)
+    done = run.progress.done
+    assert run.running and 0 < done < run.out_shape[0]
+    assert run.layer in viewer.layers and run.layer.visible
+    assert run.layer.metadata["zup"]["status"] == "running"
+    filled = [i for i in range(run.out_shape[0]) if run.layer.data[i].any()]
+    assert filled and max(filled) < run.out_shape[0] - 1  # the top is still empty
+    np.testing.assert_array_equal(run.layer.data[0], layer.data[0])
+    run.worker.resume()
+    _wait_done(qtbot, run)
+    assert run.layer.data[-1].any()
+
+
+def test_cancel_stops_and_marks_the_layer_partial(qtbot, viewer_with_sample, notes):
+    from napari_zup._qt import ReconstructWidget
+
+    viewer, layer = viewer_with_sample
+    w = ReconstructWidget(viewer)
+    w.method_combo.setCurrentText("of-cubic")
+    run = w.start()
+    qtbot.waitUntil(lambda: run.progress.done > 0, timeout=TIMEOUT_MS)
+    w.cancel_button.click()
+    _wait_done(qtbot, run)
+    assert run.status == "cancelled"
+    assert run.progress.done < run.out_shape[0]
+    assert run.layer.name.endswith("(partial)")
+    meta = run.layer.metadata["zup"]
+    assert meta["partial"] and meta["status"] == "cancelled"
+    assert meta["slices_done"] == run.progress.done
+    assert w.run_button.isEnabled() and not w.cancel_button.isEnabled()
+    assert any("cancelled" in m for m in notes)
+
+
+@pytest.mark.parametrize("kind", ["2d", "rgb", "4d", "one-slice"])
+def test_bad_layers_are_refused_with_a_reason(make_napari_viewer, notes, kind):
+    from napari_zup._qt import ReconstructWidget
+
+    viewer = make_napari_viewer()
+    data = anisotropic_sample()[0][0]
+    layer = {
+        "2d": lambda: viewer.add_image(data[0]),
+        "rgb": lambda: viewer.add_image(np.stack([data[:4]] * 3, -1), rgb=True),
+        "4d": lambda: viewer.add_image(np.stack([data[:4]] * 2)),
+        "one-slice": lambda: viewer.add_image(data[:1]),
+    }[kind]()
+    before = np.array(layer.data, copy=True)
+    n_layers = len(viewer.layers)
+    w = ReconstructWidget(viewer)
+    w.method_combo.setCurrentText("linear")
+    assert w.start() is None
+    assert len(viewer.layers) == n_layers
+    np.testing.assert_array_equal(layer.data, before)
+    reason = {"2d": "2D image", "rgb": "RGB", "4d": "4 dimensions", "one-slice": "1 slice"}
+    assert any(reason[kind] in m for m in notes), notes
+
+
+def test_fractional_factor_and_zarr_backed_output(qtbot, viewer_with_sample, monkeypatch):
+    from napari_zup._qt import ReconstructWidget, _common
+
+    monkeypatch.setattr(_common, "OUTPUT_RAM_LIMIT", 0)  # force the on-disk store
+    viewer, layer = viewer_with_sample
+    w = ReconstructWidget(viewer)
+    w.method_combo.setCurrentText("cubic")
+    w.factor_spin.setValue(2.5)
+    run = w.start()
+    _wait_done(qtbot, run)
+    out = run.layer
+    assert out.data.shape == (grid.output_length(33, 2.5), 192, 192) == (81, 192, 192)
+    assert tuple(out.scale) == pytest.approx((16.0, 10.0, 10.0))
+    assert type(out.data).__module__.startswith("zarr")
+    store = out.metadata["zup"]["store"]
+    assert store and __import__("os").path.isdir(store)
+    np.testing.assert_array_equal(np.asarray(out.data), reconstruct(layer.data, "cubic", 2.5))
+    viewer.layers.remove(out)  # the temporary store goes with its layer
+    assert not __import__("os").path.exists(store)
+
+
+def test_flow_vectors_and_colours_in_register_with_the_output(qtbot, make_napari_viewer):
+    from napari_zup._qt import ReconstructWidget
+
+    viewer = make_napari_viewer()
+    data, kw, _ = anisotropic_sample()[0]
+    layer = viewer.add_image(data[:5], **kw)
+    w = ReconstructWidget(viewer)
+    w.method_combo.setCurrentText("of-linear")
+    w.flow_check.setChecked(True)
+    w.vector_step.setValue(24)
+    run = w.start()
+    _wait_done(qtbot, run)
+    assert run.status == "done"
+    vec = run.vectors_layer
+    per_slice = (192 // 24) ** 2
+    n_restored = len(grid.restored_output_indices(5, 4))
+    assert vec.data.shape == (per_slice * n_restored, 2, 3)
+    assert tuple(vec.scale) == pytest.approx(tuple(run.layer.scale))
+    z = np.unique(vec.data[:, 0, 0]).astype(int)
+    np.testing.assert_array_equal(z, grid.restored_output_indices(5, 4))
+    assert np.all(vec.data[:, 1, 0] == 0)  # vectors lie in their slice
+    assert len(vec.features["magnitude"]) == len(vec.data)
+    assert run.flow_layer.rgb and run.flow_layer.data.shape == (17, 192, 192, 3)
+    assert run.flow_layer.data[1].any() and not run.flow_layer.data[0].any()  # knots: no flow
+    assert layer.data.shape == (5, 192, 192)
+
+
+def test_compare_grid_names_contrast_and_xz(qtbot, viewer_with_sample):
+    from napari_zup._qt import CompareWidget
+
+    viewer, layer = viewer_with_sample
+    layer.contrast_limits = (20, 230)
+    w = CompareWidget(viewer)
+    assert w.factor_spin.value() == pytest.approx(4.0)
+    w.methods.set_selected(["linear", "cubic"])
+    assert w.start()
+    qtbot.waitUntil(lambda: not w.running, timeout=TIMEOUT_MS)
+    names = [lay.name for lay in viewer.layers]
+    assert f"{layer.name} · linear ×4" in names and f"{layer.name} · cubic ×4" in names
+    results = [viewer.layers[f"{layer.name} · {m} ×4"] for m in ("linear", "cubic")]
+    for r in results:
+        assert r.data.shape == (129, 192, 192)
+        assert tuple(r.contrast_limits) == (20, 230)
+    assert viewer.canvas.grid.enabled
+    w.view_buttons["xz"].click()
+    assert tuple(viewer.dims.order) == (1, 0, 2)
+    assert tuple(viewer.dims.displayed) == (0, 2)
+    w.view_buttons["xy"].click()
+    assert tuple(viewer.dims.order) == (0, 1, 2)
+
+
+def test_evaluate_shows_the_same_numbers_as_evaluate_method(qtbot, make_napari_viewer):
+    from napari_zup._qt import EvaluateWidget
+    from napari_zup._qt._evaluate import score_cells
+
+    viewer = make_napari_viewer()
+    data, kw, _ = isotropic_sample()[0]
+    g = data[:41, :96, :96]
+    layer = viewer.add_image(g, **kw)
+    w = EvaluateWidget(viewer)
+    w.factor_spin.setValue(4)
+    w.methods.set_selected(["linear", "of-linear"])
+    assert w.start()
+    qtbot.waitUntil(lambda: not w.worker.is_running and len(w.scores) == 2,
+                    timeout=TIMEOUT_MS)
+    for row, m in enumerate(["linear", "of-linear"]):
+        ref, recon, maps = evaluate_method(g, 4, m, keep_output=True, error_maps=True)
+        cells = [w.table.item(row, c).text() for c in range(w.table.columnCount())]
+        assert cells[:5] == score_cells(m, ref)[:5]  # all but the timing
+        assert w.scores[m].per_slice["ssim"] == ref.per_slice["ssim"]
+        np.testing.assert_array_equal(w.restored_layers[m].data, recon)
+        np.testing.assert_allclose(w.error_layers[m].data, maps)
+        assert tuple(w.error_layers[m].scale) == pytest.approx(tuple(layer.scale))
+        assert w.error_layers[m].blending == "additive"
+    limits = {tuple(w.error_layers[m].contrast_limits) for m in w.error_layers}
+    assert len(limits) == 1  # one contrast for every method
+    assert w.scores["of-linear"].psnr > w.scores["linear"].psnr  # flow helps on real EM
+    lines = w.ax.get_lines()
+    assert len([ln for ln in lines if ln.get_label() in ("linear", "of-linear")]) == 2
+
+
+def test_flow_widget_updates_when_a_parameter_changes(qtbot, viewer_with_sample):
+    from napari_zup._qt import FlowWidget
+    from napari_zup.flow import FarnebackParams, estimate_flow
+
+    viewer, layer = viewer_with_sample
+    viewer.dims.set_point(0, 40.0 * 5)  # input slice 5
+    w = FlowWidget(viewer)
+    assert w.compute()
+    qtbot.waitUntil(lambda: w.last_stats.get("pairs") == [5], timeout=TIMEOUT_MS)
+    ref = estimate_flow(layer.data[5], layer.data[6], FarnebackParams())
+    assert w.last_stats["mean_px"] == pytest.approx(float(np.hypot(*ref.transpose(2, 0, 1)).mean()))
+    assert w.rgb_layer.data.shape == (1, 192, 192, 3)
+    assert tuple(w.rgb_layer.translate)[0] == pytest.approx(layer.translate[0] + 5 * 40.0)
+    first = dict(w.last_stats)
+    w.winsize.setValue(31)  # changes the result without pressing anything
+    qtbot.waitUntil(lambda: w.last_stats is not first and w.last_stats.get("mean_px")
+                    != first["mean_px"], timeout=TIMEOUT_MS)
+    ref31 = estimate_flow(layer.data[5], layer.data[6], FarnebackParams(winsize=31))
+    assert w.last_stats["mean_px"] == pytest.approx(
+        float(np.hypot(*ref31.transpose(2, 0, 1)).mean()))
+    w.mode.setCurrentText("range")
+    w.z0.setValue(2)
+    w.z1.setValue(4)
+    qtbot.waitUntil(lambda: w.last_stats.get("pairs") == [2, 3, 4], timeout=TIMEOUT_MS)
+    assert w.rgb_layer.data.shape == (3, 192, 192, 3)
+    assert set(np.unique(w.vectors_layer.data[:, 0, 0])) == {0, 1, 2}
+
+
+def test_launch_opens_the_sample_with_the_reconstruct_widget(monkeypatch, qtbot):
+    import napari
+
+    from napari_zup import launch
+
+    monkeypatch.setattr(napari, "run", lambda *a, **k: None)
+    viewer = launch.main([])
+    try:
+        assert viewer.layers[0].data.shape == (33, 192, 192)
+        assert "Reconstruct" in " ".join(viewer.window.dock_widgets.keys())
+    finally:
+        viewer.close()
