@@ -96,9 +96,9 @@ def _method_params(method: str, params: dict) -> dict:
     return out
 
 
-def _read(path: str) -> Volume:
+def _read(path: str, level: int = 0) -> Volume:
     try:
-        return read_volume(path)
+        return read_volume(path, level=level)
     except VolumeReadError as exc:
         _fail(str(exc))
 
@@ -153,7 +153,7 @@ def cmd_reconstruct(args) -> int:
         get_info(args.method)
     except ValueError as exc:
         _fail(str(exc))
-    vol = _read(args.input)
+    vol = _read(args.input, args.input_level)
     factor = resolve_factor(args.factor, vol)
     params = _method_params(args.method, parse_params(args))
     out = Path(args.output)
@@ -221,7 +221,8 @@ def _reconstruct_distributed(args, vol, factor, params, voxel, meta) -> int:
         reconstruct_to_zarr(args.input, args.output, args.method, factor, method_params=params,
                             workers=args.workers, scheduler=args.scheduler,
                             overwrite=args.overwrite, resume=not args.no_resume,
-                            levels=args.pyramid_levels, progress=on_progress)
+                            levels=args.pyramid_levels, input_level=args.input_level,
+                            voxel_size=vol.voxel_size, unit=vol.unit, progress=on_progress)
     except (ValueError, OSError, ConnectionError, TimeoutError) as exc:
         _fail(str(exc))
     print(f"zup: wrote {args.output}", file=sys.stderr)
@@ -404,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default of-linear)")
     r.add_argument("--factor", "-f", default="auto", help="z upsampling factor: a number "
                    "> 1 (e.g. 4 or 2.5) or 'auto' = round(z step / pixel size) (default)")
+    r.add_argument("--input-level", type=int, default=0, help="OME-Zarr input: multiscale "
+                   "level to read (0 = full resolution)")
     r.add_argument("--tile-size", type=int, default=None, help="y/x tile edge in pixels "
                    "(default: the input's chunks, or 2048)")
     r.add_argument("--threads", type=int, default=None, help="worker threads (default: all "
