@@ -250,6 +250,8 @@ def iter_reconstruct(
             method_obj.close()
         raise
     workers = max(1, workers or os.cpu_count() or 1)
+    if method_obj.max_workers:
+        workers = min(workers, method_obj.max_workers)
     tiles = _tiles(plan.in_shape[1:], plan.tile)
     groups = grid.intervals(plan.in_shape[0], plan.factor)
     step = max(1, method_obj.slab_intervals)

@@ -65,6 +65,9 @@ class Method:
     #: Number of z-intervals the engine hands over at once (1 for pair interpolators; axial
     #: restorers see a longer slab).
     slab_intervals: ClassVar[int] = 1
+    #: Most engine threads worth running this method in (None = one per core). Torch models
+    #: use their own intra-op threads: 1 avoids oversubscribing the cores.
+    max_workers: ClassVar[int | None] = None
 
     def halo(self) -> int:
         """Pixels of y/x context a tile needs so that tiled output equals untiled output."""
