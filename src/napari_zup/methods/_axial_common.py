@@ -196,9 +196,9 @@ class AxialMethod(Method):
     """Engine adapter shared by the axial restorers; subclasses set ``info`` and implement
     :meth:`build_model` (from checkpoint metadata ``arch``)."""
 
-    z_context = 4
+    z_context = 3
     copies_knots = True
-    slab_intervals = 16
+    slab_intervals = 32
     #: planes per forward pass (memory bound)
     batch_planes = 32
 

@@ -20,7 +20,7 @@ from torch import nn
 from ._axial_common import AxialMethod, query_grid
 from .base import MethodInfo
 
-DEFAULT_ARCH = {"channels": 16, "depths": [1, 1, 2], "heads": [1, 2, 4], "window": 8,
+DEFAULT_ARCH = {"channels": 12, "depths": [1, 1, 1], "heads": [1, 2, 3], "window": 8,
                 "ffn_ratio": 2.0}
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from ._axial_common import AxialMethod
 from .base import MethodInfo
 
-DEFAULT_ARCH = {"channels": 32, "blocks": 4, "hidden": 64, "layers": 3, "bands": 2,
+DEFAULT_ARCH = {"channels": 24, "blocks": 3, "hidden": 32, "layers": 3, "bands": 2,
                 "sampling": "ensemble"}
 
 
