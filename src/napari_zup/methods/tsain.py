@@ -15,8 +15,10 @@ Architecture (sizes in :data:`DEFAULT_ARCH`):
 4. **Deformable refinement blocks with feedback** (eqs. 8-12): the knots' features are aligned
    again by deformable convolutions whose offsets are predicted from ``[F_X, F_1]`` (the current
    intermediate feature), and fused back into ``F_1``.
-5. **Reconstruction**: residual blocks, pixel-shuffle to full resolution, a residual added to
-   the linear blend ``(1 - t) I_0 + t I_2``.
+5. **Reconstruction**: residual blocks and a pixel-shuffle to full resolution; the head predicts
+   a blend mask (around the linear weight 1 - t) and a residual on top of the two knot images
+   backward-warped by their mean deformable offsets (the pixel loss thereby reaches the
+   alignment offsets directly, which makes short CPU training converge faster).
 
 Modulated deformable convolution is :func:`~napari_zup.methods._torch_common.modulated_deform_conv`
 (grid_sample; no torchvision). The exposed flow is the mean temporal-alignment offset of knot 2
@@ -28,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._torch_common import LearnedPairMethod, ModulatedDeformConv, upsample_flow
+from ._torch_common import (LearnedPairMethod, ModulatedDeformConv, backward_warp,
+                            upsample_flow)
 from .base import MethodInfo
 
 DEFAULT_ARCH = {
@@ -131,7 +134,7 @@ class TsainNet(nn.Module):
         self.drb = nn.ModuleList([_DRB(c, max_offset) for _ in range(n_drb)])
         self.recon = nn.Sequential(*[_ResBlock(c) for _ in range(n_recon)],
                                    _conv(c, 4 * c_full), nn.PixelShuffle(2), _act())
-        self.out = nn.Sequential(_conv(c_full * 3 + 3, c_full), _act(), _conv(c_full, 1))
+        self.out = nn.Sequential(_conv(c_full * 3 + 2, c_full), _act(), _conv(c_full, 2))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
@@ -181,12 +184,16 @@ class TsainNet(nn.Module):
         for blk in self.drb:
             f1 = blk(fa[1], f1, fb[1], ta.expand(-1, 1, *h1), tb.expand(-1, 1, *h1))
         up = self.recon(f1)
-        base = (1.0 - t4) * a + t4 * b
-        out = base + self.out(torch.cat([up, fa[0], fb[0], a, b, base], 1))
-        # mean offset over the kernel points = displacement output slice -> knot, (dx, dy)
-        ma = off_a.view(n, K, 2, *h1).mean(1)
-        mb = off_b.view(n, K, 2, *h1).mean(1)
-        flow = upsample_flow(mb - ma, a.shape[-2:])
+        # mean deformable offset over the kernel points = displacement output slice -> knot
+        # (dx, dy); the knots warped by it give an aligned blend that the head corrects.
+        ma = upsample_flow(off_a.view(n, K, 2, *h1).mean(1), a.shape[-2:])
+        mb = upsample_flow(off_b.view(n, K, 2, *h1).mean(1), a.shape[-2:])
+        wa, wb = backward_warp(a, ma), backward_warp(b, mb)
+        head = self.out(torch.cat([up, fa[0], fb[0], wa, wb], 1))
+        tc = t4.clamp(1e-3, 1 - 1e-3)
+        m = torch.sigmoid(torch.log((1 - tc) / tc) + head[:, :1])
+        out = m * wa + (1 - m) * wb + head[:, 1:2]
+        flow = mb - ma
         return out, flow
 
     def forward(self, a, b, t):
@@ -206,7 +213,8 @@ class Tsain(LearnedPairMethod):
         name="tsain", kind="pair", fractional=True, min_slices=2, needs_checkpoint=True,
         devices=("cpu", "cuda", "mps"),
         description="Learned TSAIN-style interpolation: deformable (PCD) alignment, residual "
-                    "spatial-adaptive blocks, deformable refinement with feedback; any factor.",
+                    "spatial-adaptive blocks, deformable refinement with feedback; any factor "
+                    "(t-conditioned).",
     )
     method_name = "tsain"
     pad_multiple = 8

@@ -230,8 +230,8 @@ def train(method: str, data, *, val=None, out=None, minutes: float = 30.0,
             raise ValueError("supervised training needs a validation stack (--val PATH); "
                              "it must not overlap the training data")
         s0 = stacks[0]
-        cut = max(int(len(s0) * 0.85), 3)
-        if len(s0) - cut < 3 or cut < 3:
+        cut = min(int(len(s0) * 0.85), len(s0) - 3)
+        if cut < 4:
             raise ValueError(f"self-supervised training needs at least 8 slices, got {len(s0)}")
         val_stack, stacks[0] = s0[cut:], s0[:cut - 1]
         val_name = f"{names[0]}[{cut}:]"
