@@ -730,7 +730,7 @@ def _run(client, src, src_array, meta, out, name, params, info, f, in_shape, out
     if progress:
         progress(n_done, total)
     totals = {"read": 0.0, "compute": 0.0, "write": 0.0, "chunks": 0, "in_bytes": 0,
-              "out_bytes": 0, "level0_chunks": 0, "level0_compute": 0.0}
+              "out_bytes": 0, "level0_chunks": 0, "level0_compute": 0.0, "by_level": {}}
     try:
         _wait(client, futures, cancel, progress, n_done, total, totals)
     except BaseException:
@@ -780,6 +780,11 @@ def _wait(client, futures, cancel, progress, n_done, total, totals):
             for k in ("read", "compute", "write", "in_bytes", "out_bytes"):
                 totals[k] += r[k]
             totals["chunks"] += 1
+            lv = totals["by_level"].setdefault(r["level"], {"chunks": 0, "read": 0.0,
+                                                             "compute": 0.0, "write": 0.0})
+            lv["chunks"] += 1
+            for k in ("read", "compute", "write"):
+                lv[k] += r[k]
             if r["level"] == 0:
                 totals["level0_chunks"] += 1
                 totals["level0_compute"] += r["read"] + r["compute"] + r["write"]
