@@ -65,7 +65,11 @@ def _close_to(a, b):
     return diff.mean() <= 0.05 and np.percentile(diff, 99.9) <= 2 and diff.max() <= 8
 
 
-def test_linear_equals_engine_with_pyramid_and_scale(client, crop, in_zarr, tmp_path):
+def test_linear_equals_engine_with_pyramid_and_scale(client, crop, in_zarr, tmp_path,
+                                                     monkeypatch):
+    # A tiny submission window: pyramid tasks must find their dependencies all the same.
+    monkeypatch.setattr(zd, "MIN_IN_FLIGHT", 3)
+    monkeypatch.setattr(zd, "IN_FLIGHT_PER_THREAD", 1)
     out = tmp_path / "lin.zarr"
     done = []
     p = zd.reconstruct_to_zarr(in_zarr, out, "linear", 4, client=client, chunks=(8, 64, 64),

@@ -44,7 +44,7 @@ import uuid
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -69,6 +69,10 @@ CHUNK_Z = 16
 #: y/x chunk edge; methods with a large halo get larger chunks so the halo stays cheap.
 CHUNK_YX = 512
 CHUNK_YX_LARGE_HALO = 1024
+#: Tasks submitted but not finished, at most: the client and the scheduler hold only these,
+#: so a run of millions of chunks needs no more client memory than a small one.
+MIN_IN_FLIGHT = 64
+IN_FLIGHT_PER_THREAD = 4
 #: Name of the group (inside the store) that holds the per-chunk done markers during a run.
 DONE_GROUP = "zup_done"
 SIGNATURE_FORMAT = 1
@@ -507,7 +511,7 @@ def _plan_chunks(chunks, out_shape, f, geom):
     return tuple(min(v, s) for v, s in zip(c, out_shape))
 
 
-def _level0_jobs(in_shape, out_shape, f, chunks, geom) -> list[_ChunkJob]:
+def _level0_jobs(in_shape, out_shape, f, chunks, geom) -> Iterator[_ChunkJob]:
     n_z, h, w = in_shape
     cz, cy, cx = chunks
     halo, zc, min_tile = geom["halo"], geom["z_context"], geom["min_tile"]
@@ -515,7 +519,6 @@ def _level0_jobs(in_shape, out_shape, f, chunks, geom) -> list[_ChunkJob]:
     groups = grid.intervals(n_z, f)
     slabs = [(items[0][0], items[-1][0] + 1) for items in
              ([i for _, it in groups[s:s + step] for i in it] for s in range(0, len(groups), step))]
-    jobs = []
     for iz, i0 in enumerate(range(0, out_shape[0], cz)):
         i1 = min(i0 + cz, out_shape[0])
         parts = tuple((max(a, i0), min(b, i1)) for a, b in slabs if a < i1 and b > i0)
@@ -529,8 +532,7 @@ def _level0_jobs(in_shape, out_shape, f, chunks, geom) -> list[_ChunkJob]:
                 xs = slice(x, min(x + cx, w))
                 region = (z0, z1, *_read_window(ys, halo, min_tile, h),
                           *_read_window(xs, halo, min_tile, w))
-                jobs.append(_ChunkJob((iz, iy, ix), (i0, i1), ys, xs, region, parts))
-    return jobs
+                yield _ChunkJob((iz, iy, ix), (i0, i1), ys, xs, region, parts)
 
 
 def _grid_counts(shape, chunks):
@@ -686,57 +688,25 @@ def _run(client, src, src_array, meta, out, name, params, info, f, in_shape, out
     done = [_done_markers(out, lv) for lv in range(levels)]
     n_skipped = sum(len(d) for d in done)
 
-    futures: list = []
-    by_chunk: dict = {}
-    todo0 = [j for j in _level0_jobs(in_shape, out_shape, f, chunks, geom)
-             if j.index not in done[0]]
-    if todo0:
-        if isinstance(src, _PathSource):
-            futs = [client.submit(_render_chunk, src, spec, j, retries=retries, pure=False)
-                    for j in todo0]
-        elif isinstance(src, np.ndarray):
-            remote = client.scatter(src, hash=False)
-            futs = [client.submit(_render_chunk, remote, spec, j, retries=retries, pure=False)
-                    for j in todo0]
-        else:  # dask array: each task gets its input region through the graph
-            import dask
-
-            tasks = [dask.delayed(_render_chunk, pure=False)(
-                src[j.region[0]:j.region[1], j.region[2]:j.region[3], j.region[4]:j.region[5]],
-                spec, j, True) for j in todo0]
-            futs = client.compute(tasks, retries=retries)
-        for j, fut in zip(todo0, futs):
-            by_chunk[(0, j.index)] = fut
-        futures.extend(futs)
-    for lv in range(1, levels):
-        nz, ny, nx = counts[lv]
-        below = counts[lv - 1]
-        for iz in range(nz):
-            for iy in range(ny):
-                for ix in range(nx):
-                    idx = (iz, iy, ix)
-                    if idx in done[lv]:
-                        continue
-                    deps = [by_chunk[key] for key in (
-                        (lv - 1, (iz, y, x)) for y in (2 * iy, 2 * iy + 1)
-                        for x in (2 * ix, 2 * ix + 1) if y < below[1] and x < below[2])
-                        if key in by_chunk]
-                    fut = client.submit(_downsample_chunk, spec, lv, idx, *deps,
-                                        retries=retries, pure=False)
-                    by_chunk[(lv, idx)] = fut
-                    futures.append(fut)
-
+    if isinstance(src, np.ndarray):
+        src = client.scatter(src, hash=False)  # once; workers fetch it when they need it
+        src_kind = "future"
+    else:
+        src_kind = "path" if isinstance(src, _PathSource) else (
+            "dask" if hasattr(src, "dask") else "future")
+    nthreads = sum(client.nthreads().values()) if hasattr(client, "nthreads") else 0
+    window = max(MIN_IN_FLIGHT, IN_FLIGHT_PER_THREAD * nthreads)
     n_done = n_skipped
     if progress:
         progress(n_done, total)
     totals = {"read": 0.0, "compute": 0.0, "write": 0.0, "chunks": 0, "in_bytes": 0,
               "out_bytes": 0, "level0_chunks": 0, "level0_compute": 0.0, "by_level": {}}
+    tasks = _task_stream(in_shape, out_shape, f, chunks, geom, counts, done)
     try:
-        _wait(client, futures, cancel, progress, n_done, total, totals)
-    except BaseException:
-        for fut in futures:
-            fut.cancel()
-        raise
+        _submit_and_wait(client, tasks, src, src_kind, spec, retries, window, cancel, progress,
+                         n_done, total, totals)
+    finally:
+        src = None
     # All chunks written: only now does the store say so.
     root = zarr.open_group(str(out), mode="r+", zarr_format=2)
     attrs = dict(root.attrs)
@@ -752,42 +722,109 @@ def _run(client, src, src_array, meta, out, name, params, info, f, in_shape, out
     return out
 
 
-def _wait(client, futures, cancel, progress, n_done, total, totals):
+def _task_stream(in_shape, out_shape, f, chunks, geom, counts, done):
+    """Tasks still to do, z-chunk by z-chunk: level 0, then each pyramid level above it.
+    Yields ``(level, index, job_or_None, dependency_keys)``; lazily, so a terabyte run does not
+    hold millions of task descriptions on the client."""
+    levels = len(counts)
+    jobs0 = _level0_jobs(in_shape, out_shape, f, chunks, geom)
+    job = next(jobs0, None)
+    for iz in range(counts[0][0]):
+        while job is not None and job.index[0] == iz:
+            if job.index not in done[0]:
+                yield 0, job.index, job, ()
+            job = next(jobs0, None)
+        for lv in range(1, levels):
+            _, ny, nx = counts[lv]
+            below = counts[lv - 1]
+            for iy in range(ny):
+                for ix in range(nx):
+                    idx = (iz, iy, ix)
+                    if idx in done[lv]:
+                        continue
+                    deps = tuple((lv - 1, (iz, y, x)) for y in (2 * iy, 2 * iy + 1)
+                                 for x in (2 * ix, 2 * ix + 1)
+                                 if y < below[1] and x < below[2])
+                    yield lv, idx, None, deps
+        yield None, iz, None, ()  # end of this z-chunk
+
+
+def _submit_and_wait(client, tasks, src, src_kind, spec, retries, window, cancel, progress,
+                     n_done, total, totals):
+    """Keep at most ``window`` tasks in flight; report progress; stop on cancel or failure."""
     from distributed import as_completed
 
-    if not futures:
-        return
-    ac = as_completed(futures, loop=client.loop, with_results=False)
-    remaining = len(futures)
-    while remaining:
-        if cancel is not None and cancel.is_set():
-            raise ReconstructionCancelled(
-                f"reconstruction cancelled after {n_done} of {total} chunks; rerun the same "
-                "command to resume")
-        batch = ac.next_batch(block=False)
-        if not batch:
-            time.sleep(0.05)
-            continue
-        for fut in batch:
-            remaining -= 1
-            if fut.status != "finished":
-                exc = fut.exception() if fut.status == "error" else None
-                raise ReconstructionFailed(
-                    f"a chunk task failed ({type(exc).__name__ if exc else fut.status}: {exc}); "
-                    f"{n_done} of {total} chunks are written and kept; fix the cause (e.g. free "
-                    "disk space) and rerun the same command to resume") from exc
-            r = fut.result()
-            for k in ("read", "compute", "write", "in_bytes", "out_bytes"):
-                totals[k] += r[k]
-            totals["chunks"] += 1
-            lv = totals["by_level"].setdefault(r["level"], {"chunks": 0, "read": 0.0,
-                                                             "compute": 0.0, "write": 0.0})
-            lv["chunks"] += 1
-            for k in ("read", "compute", "write"):
-                lv[k] += r[k]
-            if r["level"] == 0:
-                totals["level0_chunks"] += 1
-                totals["level0_compute"] += r["read"] + r["compute"] + r["write"]
-            n_done += 1
-            if progress:
-                progress(n_done, total)
+    ac = as_completed([], loop=client.loop, with_results=False)
+    pending: set = set()
+    by_chunk: dict = {}  # (level, index) -> future, for the z-chunk being submitted
+    exhausted = False
+
+    def submit(level, index, job, deps):
+        if level == 0:
+            if src_kind == "dask":
+                import dask
+
+                z0, z1, y0, y1, x0, x1 = job.region
+                fut = client.compute(dask.delayed(_render_chunk, pure=False)(
+                    src[z0:z1, y0:y1, x0:x1], spec, job, True), retries=retries)
+            else:
+                fut = client.submit(_render_chunk, src, spec, job, retries=retries, pure=False)
+        else:
+            dep_futs = [by_chunk[k] for k in deps if k in by_chunk]
+            fut = client.submit(_downsample_chunk, spec, level, index, *dep_futs,
+                                retries=retries, pure=False)
+        by_chunk[(level, index)] = fut
+        pending.add(fut)
+        ac.add(fut)
+
+    try:
+        while True:
+            while not exhausted and len(pending) < window:
+                item = next(tasks, None)
+                if item is None:
+                    exhausted = True
+                elif item[0] is None:  # a z-chunk is fully submitted: its futures may go
+                    by_chunk.clear()
+                else:
+                    submit(*item)
+            if exhausted and not pending:
+                return
+            if cancel is not None and cancel.is_set():
+                raise ReconstructionCancelled(
+                    f"reconstruction cancelled after {n_done} of {total} chunks; rerun the "
+                    "same command to resume")
+            batch = ac.next_batch(block=False)
+            if not batch:
+                time.sleep(0.02)
+                continue
+            for fut in batch:
+                pending.discard(fut)
+                if fut.status != "finished":
+                    exc = fut.exception() if fut.status == "error" else None
+                    raise ReconstructionFailed(
+                        f"a chunk task failed ({type(exc).__name__ if exc else fut.status}: "
+                        f"{exc}); {n_done} of {total} chunks are written and kept; fix the "
+                        "cause (e.g. free disk space) and rerun the same command to resume"
+                    ) from exc
+                _account(fut.result(), totals)
+                n_done += 1
+                if progress:
+                    progress(n_done, total)
+    except BaseException:
+        for fut in list(pending) + list(by_chunk.values()):
+            fut.cancel()
+        raise
+
+
+def _account(r: dict, totals: dict) -> None:
+    for k in ("read", "compute", "write", "in_bytes", "out_bytes"):
+        totals[k] += r[k]
+    totals["chunks"] += 1
+    lv = totals["by_level"].setdefault(r["level"], {"chunks": 0, "read": 0.0, "compute": 0.0,
+                                                     "write": 0.0})
+    lv["chunks"] += 1
+    for k in ("read", "compute", "write"):
+        lv[k] += r[k]
+    if r["level"] == 0:
+        totals["level0_chunks"] += 1
+        totals["level0_compute"] += r["read"] + r["compute"] + r["write"]
