@@ -30,7 +30,7 @@ def isotropic_sample():
     vol = _read()
     meta = {"zup": {"voxel_size": list(vol.voxel_size), "unit": vol.unit,
                     "attribution": ATTRIBUTION, "isotropic": True}}
-    return [(vol.data, {"name": "FIB-SEM sample1 isotropic 10 nm", "scale": vol.voxel_size,
+    return [(vol.data, {"name": "FIB-SEM iso 10nm", "scale": vol.voxel_size,
                         "units": ("nm",) * 3, "axis_labels": ("z", "y", "x"),
                         "metadata": meta}, "image")]
 
@@ -44,6 +44,6 @@ def anisotropic_sample():
     meta = {"zup": {"voxel_size": list(voxel), "unit": vol.unit, "attribution": ATTRIBUTION,
                     "kept_every": SAMPLE_FACTOR,
                     "ground_truth": "File > Open Sample > napari-zup > isotropic original"}}
-    return [(data, {"name": "FIB-SEM sample1 anisotropic 40 nm z", "scale": voxel,
+    return [(data, {"name": "FIB-SEM aniso 40nm", "scale": voxel,
                     "units": ("nm",) * 3, "axis_labels": ("z", "y", "x"),
                     "metadata": meta}, "image")]

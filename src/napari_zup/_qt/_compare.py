@@ -33,6 +33,15 @@ def set_orientation(viewer, view: str) -> None:
     viewer.dims.order = tuple(range(lead)) + tuple(lead + a for a in ORIENTATIONS[view])
 
 
+def show_names(layers, visible=True) -> None:
+    """Write each layer's name in its grid panel (napari >= 0.9)."""
+    for lay in layers:
+        overlay = getattr(lay, "name_overlay", None)
+        if overlay is not None:
+            overlay.font_size = 9
+            overlay.visible = visible
+
+
 class CompareWidget(DockWidget):
     """Run the checked methods one after the other on one layer; show the results (and the
     input) side by side in grid mode with one camera, the same contrast limits and names
@@ -179,6 +188,8 @@ class CompareWidget(DockWidget):
                     self._hidden.append(lay)
         for lay in self.results:
             lay.contrast_limits = tuple(self._layer.contrast_limits)
+        show_names(keep)
+        self.viewer.canvas.grid.stride = 1
         self.viewer.canvas.grid.enabled = True
 
     def toggle_grid(self):

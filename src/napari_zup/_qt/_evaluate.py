@@ -41,7 +41,7 @@ from ._common import (
 
 COLUMNS = ("method", "PSNR dB", "SSIM", "F-PSNR dB", "IE", "s/slice")
 #: Error maps share one contrast: 0 .. this percentile of all methods' restored errors.
-ERROR_PERCENTILE = 99.5
+ERROR_PERCENTILE = 99.9
 
 
 def score_cells(method: str, score) -> list[str]:
@@ -100,6 +100,11 @@ class EvaluateWidget(DockWidget):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.setMinimumHeight(110)
         self.layout().addWidget(self.table)
+        self.side_button = QPushButton("side by side (one panel per method)")
+        self.side_button.setToolTip("grid view: each method's restored slices with its error "
+                                    "map on top, the ground truth in the last panel")
+        self.side_button.clicked.connect(self.side_by_side)
+        self.layout().addWidget(self.side_button)
         self._make_plot()
         self.run_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
@@ -252,11 +257,11 @@ class EvaluateWidget(DockWidget):
                         "protocol": "EVALUATION.md: keep G[::F], restore, score restored",
                         "scores": score.summary()}}
         self.restored_layers[method] = self.viewer.add_image(
-            recon, name=unique_name(self.viewer, f"{layer.name} · {method} ×{f} restored"),
+            recon, name=unique_name(self.viewer, f"{method} ×{f} restored"),
             contrast_limits=tuple(layer.contrast_limits), metadata=meta, **kw)
         self.error_layers[method] = self.viewer.add_image(
-            maps, name=unique_name(self.viewer, f"{layer.name} · {method} ×{f} |R-G|"),
-            colormap="inferno", blending="additive", opacity=0.8, metadata=meta, **kw)
+            maps, name=unique_name(self.viewer, f"{method} ×{f} |R-G|"),
+            colormap="inferno", blending="additive", opacity=0.7, metadata=meta, **kw)
         # One contrast for all error maps so that brighter means larger error everywhere.
         restored = grid.restored_output_indices(len(decimate(layer_volume(layer), f)), f)
         hi = float(np.percentile(maps[restored], ERROR_PERCENTILE)) if len(restored) else 1.0
@@ -268,6 +273,27 @@ class EvaluateWidget(DockWidget):
         for c, text in enumerate(score_cells(method, score)):
             self.table.setItem(row, c, QTableWidgetItem(text))
         self._plot()
+
+    def side_by_side(self):
+        """Grid mode, stride 2: panel k = restored layer of method k + its error map."""
+        from ._compare import show_names
+
+        layers = self.viewer.layers
+        pairs = [(self.restored_layers[m], self.error_layers[m]) for m in self.scores
+                 if self.restored_layers[m] in layers and self.error_layers[m] in layers]
+        if not pairs:
+            notify_error("Evaluate: run an evaluation first")
+            return
+        order = [lay for pair in pairs for lay in pair]
+        if self._layer in layers:
+            order.append(self._layer)
+        for dest, lay in enumerate(order):  # these first, in this order; the rest after
+            layers.move(layers.index(lay), dest)
+        for lay in layers:
+            lay.visible = lay in order
+        show_names([r for r, _ in pairs] + [self._layer])
+        self.viewer.canvas.grid.stride = 2
+        self.viewer.canvas.grid.enabled = True
 
     def _finish(self):
         self.run_button.setEnabled(True)

@@ -13,6 +13,7 @@ import time
 from fractions import Fraction
 
 import numpy as np
+from qtpy.QtCore import QTimer
 
 from .. import grid
 from ..engine import Progress, ReconstructionCancelled, iter_reconstruct
@@ -205,7 +206,7 @@ class StreamingRun:
             self._refresh()
             if first:
                 self.stats["first_slice_s"] = time.perf_counter() - self.t_start
-        if self.on_progress is not None:
+        if self.on_progress is not None and self.status == "running":
             self.on_progress(self)
 
     def _refresh(self):
@@ -258,12 +259,18 @@ class StreamingRun:
             self.on_done(self)
 
     def _on_return(self, status):
+        if self._in_refresh:  # delivered inside the progress bar's processEvents: later
+            QTimer.singleShot(0, lambda: self._on_return(status))
+            return
         self._finish(status or "done")
         if status == "cancelled":
             notify_info(f"{self.method}: cancelled after {self.progress.done} of "
                         f"{self.out_shape[0]} slices; the layer is marked partial")
 
     def _on_error(self, exc):
+        if self._in_refresh:
+            QTimer.singleShot(0, lambda: self._on_error(exc))
+            return
         self.error = exc
         self._finish("failed")
         notify_error(f"{self.method} ×{float(self.factor):g} failed: {exc}")

@@ -1,0 +1,160 @@
+"""Real screenshots of the napari-zup widgets (a real napari window under Xvfb)::
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/screenshots/make_screenshots.py
+
+Writes reconstruct.png, reconstruct_streaming.png, compare.png, evaluate.png and flow.png
+next to this script, all on the FIB-SEM sample shipped with the plugin.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import napari
+from qtpy.QtWidgets import QApplication
+
+HERE = Path(__file__).resolve().parent
+
+
+def pump(seconds=0.3):
+    app = QApplication.instance()
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def wait(cond, timeout=300):
+    app = QApplication.instance()
+    t0 = time.perf_counter()
+    while not cond():
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError("widget did not finish")
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def new_viewer(samples=("anisotropic",)):
+    viewer = napari.Viewer(title="napari-zup")
+    viewer.window._qt_window.resize(1600, 1000)
+    viewer.window._qt_window.move(0, 0)
+    for s in samples:
+        viewer.open_sample("napari-zup", s)
+    return viewer
+
+
+def dock(viewer, name):
+    widget = viewer.window.add_plugin_dock_widget("napari-zup", name)[1]
+    pump()
+    return widget
+
+
+def shot(viewer, name):
+    pump(0.8)
+    path = HERE / name
+    viewer.screenshot(str(path), canvas_only=False)
+    print("wrote", path)
+
+
+def reconstruct():
+    viewer = new_viewer()
+    w = dock(viewer, "Reconstruct")
+    w.method_combo.setCurrentText("of-linear")
+    w.flow_check.setChecked(True)
+    w.vector_step.setValue(12)
+    run = w.start()
+    wait(lambda: not run.running)
+    run.vectors_layer.length = 3.0
+    viewer.layers[0].visible = False
+    viewer.dims.set_point(0, 10.0 * 42)  # a restored slice (42 = 4 * 10 + 2)
+    viewer.reset_view()
+    shot(viewer, "reconstruct.png")
+    viewer.close()
+
+
+def compare():
+    viewer = new_viewer()
+    w = dock(viewer, "Compare")
+    w.methods.set_selected(["linear", "cubic", "of-linear"])
+    w.start()
+    wait(lambda: not w.running)
+    w.view_buttons["xz"].click()
+    viewer.dims.set_point(1, 10.0 * 96)
+    pump()
+    viewer.reset_view()
+    shot(viewer, "compare.png")
+    viewer.close()
+
+
+def evaluate():
+    viewer = new_viewer(("isotropic",))
+    w = dock(viewer, "Evaluate")
+    w.methods.set_selected(["linear", "cubic", "of-linear", "of-cubic"])
+    w.start()
+    wait(lambda: w.worker is not None and not w.worker.is_running and w.scores)
+    for m, lay in w.restored_layers.items():
+        lay.visible = m == "of-linear"
+    for m, lay in w.error_layers.items():
+        lay.visible = m == "of-linear"
+    viewer.layers[0].visible = False
+    viewer.dims.set_point(0, 10.0 * 62)  # a restored slice
+    viewer.reset_view()
+    shot(viewer, "evaluate.png")
+    w.side_button.click()
+    viewer.reset_view()
+    shot(viewer, "evaluate_side_by_side.png")
+    viewer.close()
+
+
+def flow():
+    viewer = new_viewer()
+    w = dock(viewer, "Flow")
+    viewer.dims.set_point(0, 40.0 * 12)
+    w.step.setValue(12)
+    w.length.setValue(3.0)
+    w.compute()
+    wait(lambda: w.last_stats.get("pairs") == [12])
+    pump()
+    viewer.reset_view()
+    shot(viewer, "flow.png")
+    viewer.close()
+
+
+def streaming():
+    """Mid-run: the output layer is partly filled (side view shows the filled part)."""
+    viewer = new_viewer()
+    w = dock(viewer, "Reconstruct")
+    w.method_combo.setCurrentText("of-cubic")
+    w.follow_check.setChecked(False)
+    run = w.start()
+    show = run.on_progress
+
+    def hold_at_50(r):  # pause the stream half way, as a user would see it
+        show(r)
+        if r.progress.done >= 50 and not r.worker.is_paused:
+            r.worker.pause()
+
+    run.on_progress = hold_at_50
+    wait(lambda: run.worker.is_paused or not run.running)
+    from napari_zup._qt._compare import set_orientation
+
+    from napari_zup._qt._compare import show_names
+
+    show_names(viewer.layers)
+    viewer.canvas.grid.enabled = True  # input (left) and the half-filled output (right)
+    set_orientation(viewer, "xz")
+    viewer.dims.set_point(1, 10.0 * 96)
+    run._refresh()
+    viewer.reset_view()
+    shot(viewer, "reconstruct_streaming.png")
+    run.worker.resume()
+    run.cancel()
+    wait(lambda: not run.running)
+    viewer.close()
+
+
+if __name__ == "__main__":
+    todo = sys.argv[1:] or ["reconstruct", "streaming", "compare", "evaluate", "flow"]
+    for name in todo:
+        globals()[name]()
