@@ -278,3 +278,23 @@ def test_launch_opens_the_sample_with_the_reconstruct_widget(monkeypatch, qtbot)
         assert "Reconstruct" in " ".join(viewer.window.dock_widgets.keys())
     finally:
         viewer.close()
+
+
+def test_deleting_the_output_layer_cancels_the_run_and_frees_its_store(
+        qtbot, viewer_with_sample, monkeypatch):
+    import os
+
+    from napari_zup._qt import ReconstructWidget, _common
+
+    monkeypatch.setattr(_common, "OUTPUT_RAM_LIMIT", 0)
+    viewer, layer = viewer_with_sample
+    w = ReconstructWidget(viewer)
+    w.method_combo.setCurrentText("of-cubic")
+    run = w.start()
+    store = run.layer.metadata["zup"]["store"]
+    qtbot.waitUntil(lambda: run.progress.done > 0, timeout=TIMEOUT_MS)
+    viewer.layers.remove(run.layer)
+    _wait_done(qtbot, run)
+    assert run.status == "cancelled" and run.progress.done < run.out_shape[0]
+    assert not os.path.exists(store)
+    assert list(viewer.layers) == [layer]

@@ -78,6 +78,7 @@ class StreamingRun:
         self._latest = -1
         self._pbar = None
         self._in_refresh = False
+        self._release_later: list = []
 
     # -- layers -----------------------------------------------------------------------------
 
@@ -127,10 +128,14 @@ class StreamingRun:
 
     def _on_layer_removed(self, event):
         layer = event.value
-        if layer is self.layer and self.status == "running":
-            self.cancel_event.set()  # the user deleted the output: stop computing it
-        if layer is self.layer or layer is self.flow_layer:
-            release_store(layer.metadata.get("zup", {}).get("store"))
+        if layer is not self.layer and layer is not self.flow_layer:
+            return
+        store = layer.metadata.get("zup", {}).get("store")
+        if self.status == "running":
+            self.cancel_event.set()  # the user deleted an output: stop computing it
+            self._release_later.append(store)  # the worker may still be writing into it
+        else:
+            release_store(store)
 
     # -- worker (runs in a thread) ----------------------------------------------------------
 
@@ -252,6 +257,8 @@ class StreamingRun:
             if status != "done" and self.layer in self.viewer.layers:
                 meta["slices_done"] = self.progress.done
                 self.layer.name = self.layer.name + PARTIAL_SUFFIX
+        for store in self._release_later:
+            release_store(store)
         if self.want_flows and not self._vectors and status == "done":
             notify_info(f"method {self.method!r} does not produce flow fields; "
                         "flow layers stay empty (use of-linear or of-cubic)")
