@@ -129,7 +129,7 @@ def run(args) -> dict:
         "output_on_disk_bytes_all_levels": size, "chunks": list(stats["chunks"]),
         "levels": stats["levels"], "n_chunks": stats["total_chunks"],
         "wall_s": round(wall, 1), "level0_GB_per_s": round(out_bytes / wall / 1e9, 3),
-        "task_seconds": {k: round(stats[k], 1) for k in ("read", "compute", "write")},
+        "task_seconds": {k: round(stats[k], 1) for k in ("read", "compute", "write", "cpu")},
         "task_seconds_by_level": {lv: {k: round(v, 1) for k, v in d.items()}
                                   for lv, d in stats["by_level"].items()},
         "client_peak_rss_MB": round(_maxrss_bytes() / 1e6),
@@ -175,7 +175,10 @@ def cost(args) -> dict:
     n_out = grid.output_length(z, args.factor)
     out_vox = n_out * h * w
     s_per_chunk = stats["level0_compute"] / stats["level0_chunks"]
-    core_s_per_in_gb = stats["level0_compute"] / (z * h * w / 1e9)
+    cpu_per_chunk = stats["level0_cpu"] / stats["level0_chunks"]
+    # CPU seconds (process_time of the worker during the task), not wall: on a shared,
+    # oversubscribed machine the wall time of a task includes waiting for a core.
+    core_s_per_in_gb = stats["level0_cpu"] / (z * h * w / 1e9)
     est = {}
     for n in (1, 16, 64, 256):
         hours = 1000 * core_s_per_in_gb / n / 3600
@@ -185,7 +188,8 @@ def cost(args) -> dict:
         "input_shape": [z, h, w], "output_voxels": out_vox, "chunks": list(stats["chunks"]),
         "level0_chunks": stats["level0_chunks"], "wall_s": round(wall, 1),
         "seconds_per_chunk": round(s_per_chunk, 2),
-        "task_seconds": {k: round(stats[k], 1) for k in ("read", "compute", "write")},
+        "cpu_seconds_per_chunk": round(cpu_per_chunk, 2),
+        "task_seconds": {k: round(stats[k], 1) for k in ("read", "compute", "write", "cpu")},
         "core_seconds_per_input_GB": round(core_s_per_in_gb, 0),
         "estimate_1TB_input": est,
         "load_avg_1min_end": os.getloadavg()[0],

@@ -212,7 +212,7 @@ def _mark_done(path: str, level: int, index) -> None:
 
 def _render_chunk(src, spec: _RunSpec, job: _ChunkJob, src_is_region: bool = False) -> dict:
     """One output chunk of level 0: read, render, write, mark done."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     z0, z1, y0, y1, x0, x1 = job.region
     if src_is_region:
         data = np.asarray(src)
@@ -239,12 +239,12 @@ def _render_chunk(src, spec: _RunSpec, job: _ChunkJob, src_is_region: bool = Fal
     _mark_done(spec.out_path, 0, job.index)
     t3 = time.perf_counter()
     return {"level": 0, "read": t1 - t0, "compute": t2 - t1, "write": t3 - t2,
-            "in_bytes": data.nbytes, "out_bytes": out.nbytes}
+            "cpu": time.process_time() - c0, "in_bytes": data.nbytes, "out_bytes": out.nbytes}
 
 
 def _downsample_chunk(spec: _RunSpec, level: int, index, *_deps) -> dict:
     """One chunk of pyramid level ``level`` from the level below (already written)."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     iz, iy, ix = index
     cz, cy, cx = spec.chunks
     below = _out_array(spec.out_path, level - 1, spec.run_id)
@@ -259,7 +259,7 @@ def _downsample_chunk(spec: _RunSpec, level: int, index, *_deps) -> dict:
     _mark_done(spec.out_path, level, index)
     t2 = time.perf_counter()
     return {"level": level, "read": 0.0, "compute": t1 - t0, "write": t2 - t1,
-            "in_bytes": src.nbytes, "out_bytes": out.nbytes}
+            "cpu": time.process_time() - c0, "in_bytes": src.nbytes, "out_bytes": out.nbytes}
 
 
 def method_loads() -> dict:
@@ -699,8 +699,9 @@ def _run(client, src, src_array, meta, out, name, params, info, f, in_shape, out
     n_done = n_skipped
     if progress:
         progress(n_done, total)
-    totals = {"read": 0.0, "compute": 0.0, "write": 0.0, "chunks": 0, "in_bytes": 0,
-              "out_bytes": 0, "level0_chunks": 0, "level0_compute": 0.0, "by_level": {}}
+    totals = {"read": 0.0, "compute": 0.0, "write": 0.0, "cpu": 0.0, "chunks": 0,
+              "in_bytes": 0, "out_bytes": 0, "level0_chunks": 0, "level0_compute": 0.0,
+              "level0_cpu": 0.0, "by_level": {}}
     tasks = _task_stream(in_shape, out_shape, f, chunks, geom, counts, done)
     try:
         _submit_and_wait(client, tasks, src, src_kind, spec, retries, window, cancel, progress,
@@ -817,14 +818,15 @@ def _submit_and_wait(client, tasks, src, src_kind, spec, retries, window, cancel
 
 
 def _account(r: dict, totals: dict) -> None:
-    for k in ("read", "compute", "write", "in_bytes", "out_bytes"):
-        totals[k] += r[k]
+    for k in ("read", "compute", "write", "cpu", "in_bytes", "out_bytes"):
+        totals[k] += r.get(k, 0)
     totals["chunks"] += 1
     lv = totals["by_level"].setdefault(r["level"], {"chunks": 0, "read": 0.0, "compute": 0.0,
-                                                     "write": 0.0})
+                                                     "write": 0.0, "cpu": 0.0})
     lv["chunks"] += 1
-    for k in ("read", "compute", "write"):
-        lv[k] += r[k]
+    for k in ("read", "compute", "write", "cpu"):
+        lv[k] += r.get(k, 0)
     if r["level"] == 0:
         totals["level0_chunks"] += 1
         totals["level0_compute"] += r["read"] + r["compute"] + r["write"]
+        totals["level0_cpu"] += r.get("cpu", 0)
