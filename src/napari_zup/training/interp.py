@@ -90,10 +90,9 @@ class TupleSampler:
             else:
                 for axes in ((0, 1, 2), (1, 0, 2), (2, 0, 1)):
                     self.views.append(np.ascontiguousarray(u.transpose(axes)))
-        if self_supervised:
-            self.factors = [2]  # (z-1, z+1) -> z
-        else:
-            self.factors = [f for f in factors if any(len(v) > f for v in self.views)]
+        # self-supervised: only the stack's own z axis, (z-1, z+1) -> z by default
+        factors = factors or ((2,) if self_supervised else (2, 4, 8))
+        self.factors = [f for f in factors if any(len(v) > f for v in self.views)]
         if not self.factors:
             raise ValueError("stacks are too short for the requested factors")
         for v in self.views:
@@ -138,7 +137,7 @@ class TupleSampler:
         return a, b, t, y
 
 
-def validation_set(stack, factors=(2, 4, 8), per_factor=16, crop=128, seed=1234,
+def validation_set(stack, factors=None, per_factor=16, crop=128, seed=1234,
                    self_supervised=False):
     """A fixed set of validation tuples (no augmentation) from ``stack``."""
     s = TupleSampler([stack], factors, crop, self_supervised, augment=False, seed=seed)
@@ -198,14 +197,15 @@ def evaluate_tuples(model, val, device):
 
 def train(method: str, data, *, val=None, out=None, minutes: float = 30.0,
           max_steps: int | None = None, batch: int = 8, crop: int = 96,
-          factors=(2, 4, 8), lr: float = 1e-3, self_supervised: bool = False,
+          factors=None, lr: float = 1e-3, self_supervised: bool = False,
           resume: bool = False, device: str = "auto", threads: int | None = None,
           arch: dict | None = None, val_every_s: float = 120.0, seed: int = 0,
           log=print) -> dict:
     """Train ``method`` and write the best checkpoint (by validation PSNR) to ``out``.
 
     ``data``: path(s) or arrays of isotropic stacks (or one anisotropic stack with
-    ``self_supervised=True``); ``val``: a stack for validation (default: the last 15 % of the
+    ``self_supervised=True``); ``factors``: gaps of the tuples (default (2, 4, 8), or (2,) when
+    self-supervised); ``val``: a stack for validation (default: the last 15 % of the
     first data stack's slices, with a gap, in self-supervised mode; otherwise required).
     Stops after ``minutes`` (wall time, resumable) or ``max_steps``. Returns a summary dict.
     """
@@ -352,7 +352,9 @@ def main(method: str, argv: list[str]) -> int:
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=96)
-    p.add_argument("--factors", type=int, nargs="+", default=[2, 4, 8])
+    p.add_argument("--factors", type=int, nargs="+", default=None,
+                   help="gaps F of the training tuples (default 2 4 8; self-supervised: 2, "
+                        "i.e. (z-1, z+1) -> z; add 4 to also learn t = 1/4, 3/4 at 4x spacing)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--self-supervised", action="store_true",
                    help="learn (z-1, z+1) -> z on an anisotropic stack alone")
@@ -366,7 +368,7 @@ def main(method: str, argv: list[str]) -> int:
         summary = train(method, args.data if len(args.data) > 1 else args.data[0],
                         val=args.val, out=args.out, minutes=args.minutes,
                         max_steps=args.max_steps, batch=args.batch, crop=args.crop,
-                        factors=tuple(args.factors), lr=args.lr,
+                        factors=tuple(args.factors) if args.factors else None, lr=args.lr,
                         self_supervised=args.self_supervised, resume=args.resume,
                         device=args.device, threads=args.threads, val_every_s=args.val_every,
                         seed=args.seed, log=lambda s: print(s, flush=True))
