@@ -64,6 +64,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+try:  # distributed is an optional dependency (pip install napari-zup[distributed])
+    from distributed import WorkerPlugin as _WorkerPlugin
+except ImportError:  # pragma: no cover
+    _WorkerPlugin = object
+
 #: Target number of output slices per chunk along z (rounded to whole knot intervals).
 CHUNK_Z = 16
 #: y/x chunk edge; methods with a large halo get larger chunks so the halo stays cheap.
@@ -266,6 +271,23 @@ def method_loads() -> dict:
     """``{"method params_json": times created}`` in this process (run it on the workers with
     ``client.run(method_loads)`` to check that each worker loaded each model once)."""
     return {f"{k[0]} {k[1]}": v for k, v in METHOD_LOADS.items()}
+
+
+class _WorkerThreads(_WorkerPlugin):
+    """Worker plugin: OpenCV's own thread pool follows the worker's thread count (it would
+    otherwise use every core in every worker process: N workers x all cores). Not applied in
+    the client's own process (``processes=False``), whose settings belong to the caller."""
+
+    name = "napari-zup-opencv-threads"
+
+    def __init__(self, client_pid: int):
+        self.client_pid = client_pid
+
+    def setup(self, worker):
+        if os.getpid() != self.client_pid:
+            import cv2
+
+            cv2.setNumThreads(max(1, int(worker.state.nthreads)))
 
 
 def _method_geometry(name: str, params_json: str) -> dict:
@@ -606,6 +628,10 @@ def _run(client, src, src_array, meta, out, name, params, info, f, in_shape, out
     import zarr
 
     params_json = json.dumps(params, sort_keys=True)
+    try:
+        client.register_plugin(_WorkerThreads(os.getpid()))
+    except Exception as exc:  # an old or restricted cluster: run without it
+        log.info("could not register the OpenCV threads plugin: %s", exc)
     geom = client.submit(_method_geometry, name, params_json, pure=False).result()
     existing = _read_zup_attrs(out) if out.exists() else None
     if chunks is None and existing and existing.get("signature", {}).get("chunks"):
