@@ -127,29 +127,45 @@ def streaming():
     w = dock(viewer, "Reconstruct")
     w.method_combo.setCurrentText("of-cubic")
     w.follow_check.setChecked(False)
+    import threading
+
+    from napari_zup._qt._run import StreamingRun
+
+    gate = threading.Event()
+    job = StreamingRun._job
+
+    def held_job(self):  # the worker waits after 50 slices, as if the method were slower
+        it = job(self)
+        n = 0
+        while True:
+            try:
+                item = next(it)
+            except StopIteration as stop:
+                return stop.value
+            yield item
+            n += 1
+            if n == 50:
+                gate.wait()
+
+    StreamingRun._job = held_job
     run = w.start()
-    show = run.on_progress
-
-    def hold_at_50(r):  # pause the stream half way, as a user would see it
-        show(r)
-        if r.progress.done >= 50 and not r.worker.is_paused:
-            r.worker.pause()
-
-    run.on_progress = hold_at_50
-    wait(lambda: run.worker.is_paused or not run.running)
+    wait(lambda: run.progress.done >= 50)
+    pump(0.5)
     from napari_zup._qt._compare import set_orientation
 
     from napari_zup._qt._compare import show_names
 
     show_names(viewer.layers)
     viewer.canvas.grid.enabled = True  # input (left) and the half-filled output (right)
+    viewer.canvas.background_color_override = "#3b3f4a"  # so the empty part shows as black
     set_orientation(viewer, "xz")
     viewer.dims.set_point(1, 10.0 * 96)
     run._refresh()
     viewer.reset_view()
     shot(viewer, "reconstruct_streaming.png")
-    run.worker.resume()
     run.cancel()
+    gate.set()
+    StreamingRun._job = job
     wait(lambda: not run.running)
     viewer.close()
 

@@ -81,11 +81,21 @@ def run_widget(app, viewer, widget, layer):
             box["first"] = time.perf_counter() - t0
         widget._on_progress(run)
 
+    from qtpy.QtCore import QTimer
+
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
     t0 = time.perf_counter()
     run = widget.start()
     run.on_progress = on_progress
     _wait(app, lambda: not run.running)
     total = time.perf_counter() - t0
+    timer.stop()
+    # longest time the GUI thread did not get to a 10 ms timer: how frozen the UI felt
+    run.stats["max_gui_gap_s"] = float(np.max(np.diff([t0] + ticks))) if ticks else total
     viewer.layers.remove(run.layer)
     return box["first"], total, run.stats
 
@@ -132,16 +142,18 @@ def main(argv=None):
 
     times: dict[str, list[float]] = {k: [] for k in
                                      ("direct", "plain-thread", "thread_worker", "widget")}
-    firsts = []
+    firsts, gaps = [], []
     for r in range(args.repeat):
         times["direct"].append(run_direct(volume, args.method, f, out))
         times["plain-thread"].append(run_plain_thread(app, volume, args.method, f, out))
         times["thread_worker"].append(run_thread_worker(app, volume, args.method, f, out))
-        first, total, _ = run_widget(app, viewer, widget, layer)
+        first, total, stats = run_widget(app, viewer, widget, layer)
         firsts.append(first)
+        gaps.append(stats["max_gui_gap_s"])
         times["widget"].append(total)
         print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items())
-              + f", widget first slice on screen {first:.2f}s; load {os.getloadavg()[0]:.1f}")
+              + f", widget first slice on screen {first:.2f}s, GUI stall "
+              f"{gaps[-1]:.3f}s; load {os.getloadavg()[0]:.1f}")
     med = {k: statistics.median(v) for k, v in times.items()}
     print("median: " + ", ".join(f"{k} {v:.2f}s" for k, v in med.items()))
     print(f"thread_worker / direct = {med['thread_worker'] / med['direct']:.2f}, "
@@ -149,6 +161,8 @@ def main(argv=None):
           f"widget / direct = {med['widget'] / med['direct']:.2f}")
     print(f"Run -> first slice on screen: median {statistics.median(firsts):.2f}s "
           f"(min {min(firsts):.2f}s, max {max(firsts):.2f}s)")
+    print(f"longest GUI stall during a widget run: median {statistics.median(gaps):.3f}s "
+          f"(max {max(gaps):.3f}s)")
     viewer.close()
 
 
