@@ -39,6 +39,43 @@ def viewer_with_sample(make_napari_viewer):
     return viewer, layer
 
 
+@pytest.fixture
+def hold_after(monkeypatch):
+    """``gate = hold_after(n)``: every streaming run's worker waits after ``n`` slices until
+    ``gate.set()`` (as if the method were slow), so mid-run states are checked without racing
+    the computation."""
+    import threading
+
+    from napari_zup._qt._run import StreamingRun
+
+    job = StreamingRun._job
+    gates = []
+
+    def install(n):
+        gate = threading.Event()
+        gates.append(gate)
+
+        def held_job(self):
+            it = job(self)
+            k = 0
+            while True:
+                try:
+                    item = next(it)
+                except StopIteration as stop:
+                    return stop.value
+                yield item
+                k += 1
+                if k == n:
+                    gate.wait(TIMEOUT_MS / 1000)
+
+        monkeypatch.setattr(StreamingRun, "_job", held_job)
+        return gate
+
+    yield install
+    for g in gates:
+        g.set()
+
+
 def _wait_done(qtbot, run):
     qtbot.waitUntil(lambda: not run.running, timeout=TIMEOUT_MS)
 
@@ -71,37 +108,41 @@ def test_reconstruct_adds_a_streamed_layer_with_the_right_scale(qtbot, viewer_wi
     assert out in viewer.layers
 
 
-def test_partial_layer_is_visible_before_the_run_ends(qtbot, viewer_with_sample):
+def test_partial_layer_is_visible_before_the_run_ends(qtbot, viewer_with_sample, hold_after):
     from napari_zup._qt import ReconstructWidget
 
+    gate = hold_after(20)
     viewer, layer = viewer_with_sample
     w = ReconstructWidget(viewer)
     w.method_combo.setCurrentText("of-linear")
     run = w.start()
-    qtbot.waitUntil(lambda: run.progress.done > 0, timeout=TIMEOUT_MS)
-    run.worker.pause()  # hold the stream: what the user sees mid-run
-    qtbot.waitUntil(lambda: run.worker.is_paused, timeout=TIMEOUT_MS)
-    done = run.progress.done
-    assert run.running and 0 < done < run.out_shape[0]
+    qtbot.waitUntil(lambda: run.progress.done >= 20, timeout=TIMEOUT_MS)
+    qtbot.wait(300)
+    assert run.running and run.progress.done == 20 < run.out_shape[0]
     assert run.layer in viewer.layers and run.layer.visible
     assert run.layer.metadata["zup"]["status"] == "running"
+    assert run.layer.metadata["zup"]["slices_done"] == 20  # the layer was redrawn meanwhile
     filled = [i for i in range(run.out_shape[0]) if run.layer.data[i].any()]
-    assert filled and max(filled) < run.out_shape[0] - 1  # the top is still empty
+    assert filled == list(range(20))  # slices 0..19 are on screen, the rest is still empty
     np.testing.assert_array_equal(run.layer.data[0], layer.data[0])
-    run.worker.resume()
+    assert not w.run_button.isEnabled() and w.cancel_button.isEnabled()
+    gate.set()
     _wait_done(qtbot, run)
-    assert run.layer.data[-1].any()
+    assert run.status == "done" and run.layer.data[-1].any()
 
 
-def test_cancel_stops_and_marks_the_layer_partial(qtbot, viewer_with_sample, notes):
+def test_cancel_stops_and_marks_the_layer_partial(qtbot, viewer_with_sample, notes,
+                                                  hold_after):
     from napari_zup._qt import ReconstructWidget
 
+    gate = hold_after(10)
     viewer, layer = viewer_with_sample
     w = ReconstructWidget(viewer)
     w.method_combo.setCurrentText("of-cubic")
     run = w.start()
-    qtbot.waitUntil(lambda: run.progress.done > 0, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: run.progress.done >= 10, timeout=TIMEOUT_MS)
     w.cancel_button.click()
+    gate.set()
     _wait_done(qtbot, run)
     assert run.status == "cancelled"
     assert run.progress.done < run.out_shape[0]
@@ -281,19 +322,21 @@ def test_launch_opens_the_sample_with_the_reconstruct_widget(monkeypatch, qtbot)
 
 
 def test_deleting_the_output_layer_cancels_the_run_and_frees_its_store(
-        qtbot, viewer_with_sample, monkeypatch):
+        qtbot, viewer_with_sample, monkeypatch, hold_after):
     import os
 
     from napari_zup._qt import ReconstructWidget, _common
 
     monkeypatch.setattr(_common, "OUTPUT_RAM_LIMIT", 0)
+    gate = hold_after(10)
     viewer, layer = viewer_with_sample
     w = ReconstructWidget(viewer)
     w.method_combo.setCurrentText("of-cubic")
     run = w.start()
     store = run.layer.metadata["zup"]["store"]
-    qtbot.waitUntil(lambda: run.progress.done > 0, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: run.progress.done >= 10, timeout=TIMEOUT_MS)
     viewer.layers.remove(run.layer)
+    gate.set()
     _wait_done(qtbot, run)
     assert run.status == "cancelled" and run.progress.done < run.out_shape[0]
     assert not os.path.exists(store)

@@ -79,6 +79,9 @@ class StreamingRun:
         self._pbar = None
         self._in_refresh = False
         self._release_later: list = []
+        self._trailing = QTimer()
+        self._trailing.setSingleShot(True)
+        self._trailing.timeout.connect(self._trailing_refresh)
 
     # -- layers -----------------------------------------------------------------------------
 
@@ -211,8 +214,15 @@ class StreamingRun:
             self._refresh()
             if first:
                 self.stats["first_slice_s"] = time.perf_counter() - self.t_start
+        elif not self._trailing.isActive():
+            # a redraw for the slices that arrive now, even when no further slice comes soon
+            self._trailing.start(max(1, int(1000 * (REFRESH_S - (now - self._last_refresh)))))
         if self.on_progress is not None and self.status == "running":
             self.on_progress(self)
+
+    def _trailing_refresh(self):
+        if self.status == "running" and not self._in_refresh:
+            self._refresh()
 
     def _refresh(self):
         self._in_refresh = True
@@ -257,6 +267,7 @@ class StreamingRun:
 
     def _finish(self, status: str):
         self.status = status
+        self._trailing.stop()
         self.stats["total_s"] = time.perf_counter() - self.t_start
         self.stats["slices"] = self.progress.done
         if self._pbar is not None:
