@@ -92,7 +92,8 @@ def evaluate():
     w = dock(viewer, "Evaluate")
     w.methods.set_selected(["linear", "cubic", "of-linear", "of-cubic"])
     w.start()
-    wait(lambda: w.worker is not None and not w.worker.is_running and w.scores)
+    wait(lambda: len(w.scores) == 4 and not w.worker.is_running)
+    pump()
     for m, lay in w.restored_layers.items():
         lay.visible = m == "of-linear"
     for m, lay in w.error_layers.items():

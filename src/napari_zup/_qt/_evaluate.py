@@ -98,7 +98,7 @@ class EvaluateWidget(DockWidget):
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.table.setMinimumHeight(110)
+        self._fit_table()
         self.layout().addWidget(self.table)
         self.side_button = QPushButton("side by side (one panel per method)")
         self.side_button.setToolTip("grid view: each method's restored slices with its error "
@@ -122,7 +122,7 @@ class EvaluateWidget(DockWidget):
         self.ax = self.figure.add_subplot()
         self._style_axes()
         self._cursor = None
-        self.layout().addWidget(self.canvas)
+        self.layout().addWidget(self.canvas, 1)  # the plot takes the spare height
 
     def _style_axes(self):
         ax = self.ax
@@ -186,6 +186,7 @@ class EvaluateWidget(DockWidget):
         self.scores, self.restored_layers, self.error_layers = {}, {}, {}
         self.error_limit = None
         self.table.setRowCount(0)
+        self._fit_table()
         self._plot()
         ground_truth = layer_volume(layer)
         n_kept = len(range(0, ground_truth.shape[0], f))
@@ -272,7 +273,13 @@ class EvaluateWidget(DockWidget):
         self.table.insertRow(row)
         for c, text in enumerate(score_cells(method, score)):
             self.table.setItem(row, c, QTableWidgetItem(text))
+        self._fit_table()
         self._plot()
+
+    def _fit_table(self):
+        t = self.table
+        rows = sum(t.rowHeight(r) for r in range(t.rowCount()))
+        t.setFixedHeight(max(60, t.horizontalHeader().height() + rows + 2 * t.frameWidth() + 2))
 
     def side_by_side(self):
         """Grid mode, stride 2: panel k = restored layer of method k + its error map."""
