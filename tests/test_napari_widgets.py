@@ -341,3 +341,23 @@ def test_deleting_the_output_layer_cancels_the_run_and_frees_its_store(
     assert run.status == "cancelled" and run.progress.done < run.out_shape[0]
     assert not os.path.exists(store)
     assert list(viewer.layers) == [layer]
+
+
+def test_reconstruct_a_lazily_opened_file(qtbot, make_napari_viewer, tmp_path, monkeypatch):
+    import napari_zup.io as io
+
+    from napari_zup._qt import ReconstructWidget
+
+    data = anisotropic_sample()[0][0][:9]
+    src = io.write_volume(tmp_path / "lazy.tif", data, (40.0, 10.0, 10.0))
+    monkeypatch.setattr(io, "LAZY_BYTES", 1000)  # open it as a dask array
+    viewer = make_napari_viewer()
+    layer, = viewer.open(str(src), plugin="napari-zup")
+    assert hasattr(layer.data, "dask")
+    w = ReconstructWidget(viewer)
+    w.method_combo.setCurrentText("cubic")
+    run = w.start()
+    _wait_done(qtbot, run)
+    assert run.status == "done"
+    assert tuple(run.layer.scale) == pytest.approx((10.0, 10.0, 10.0))
+    np.testing.assert_array_equal(run.layer.data, reconstruct(data, "cubic", 4))
