@@ -111,7 +111,10 @@ class A2INet(nn.Module):
         super().__init__()
         c, m = channels, window
         self.window = window
-        self.head = nn.Conv2d(1, c, 3, padding=1)
+        # input: the interpolated plane, each row's distance to the knot below it (fraction
+        # of a section) and the output row spacing; without them a translation-equivariant
+        # network cannot tell measured rows from interpolated ones.
+        self.head = nn.Conv2d(3, c, 3, padding=1)
         self.enc1 = _stage(c, depths[0], heads[0], m, ffn_ratio)
         self.down1 = nn.Conv2d(c, 2 * c, 4, stride=2, padding=1)
         self.enc2 = _stage(2 * c, depths[1], heads[1], m, ffn_ratio)
@@ -129,13 +132,17 @@ class A2INet(nn.Module):
         #: windows of 4M pixels at the bottleneck: context a tile needs on each side
         self.receptive_halo = 4 * window
 
-    def restore(self, x):
-        """Restore an already interpolated plane batch (B, 1, H, W) in [0, 1]."""
+    def restore(self, x, frac, cell):
+        """Restore an interpolated plane batch ``x`` (B, 1, H, W) in [0, 1]; ``frac`` (H,)
+        is each row's fractional position between knots, ``cell`` the row spacing."""
         h, w = x.shape[-2:]
         mult = 4 * self.window
         ph, pw = (-h) % mult, (-w) % mult
+        inp = torch.cat([x - 0.5, frac.view(1, 1, -1, 1).expand_as(x),
+                         torch.full_like(x, float(cell))], 1)
         xp = F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
-        f0 = self.head(xp - 0.5)
+        inp = F.pad(inp, (0, pw, 0, ph), mode="replicate") if ph or pw else inp
+        f0 = self.head(inp)
         s1 = self.enc1(f0)
         s2 = self.enc2(self.down1(s1))
         b = self.bottleneck(self.down2(s2))
@@ -143,8 +150,10 @@ class A2INet(nn.Module):
         d1 = self.dec1(self.fuse1(torch.cat([self.up1(d2), s1], 1)))
         return (xp + self.proj(d1 + f0))[..., :h, :w]
 
-    def forward(self, lr, positions, cell=None):
-        return self.restore(cubic_rows(lr, positions))
+    def forward(self, lr, positions, cell=1.0):
+        pos = positions.to(lr.dtype)
+        frac = pos - torch.floor(pos)
+        return self.restore(cubic_rows(lr, positions), frac, cell)
 
 
 class A2I(AxialMethod):
