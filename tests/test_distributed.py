@@ -235,6 +235,8 @@ def test_bad_arguments_named(in_zarr, tmp_path):
                                scheduler="tcp://127.0.0.1:9")
     with pytest.raises(FileNotFoundError, match="create it first"):
         zd.reconstruct_to_zarr(in_zarr, tmp_path / "nope" / "x.zarr", "linear", 4, workers=1)
+    with pytest.raises(ValueError, match="is the input"):
+        zd.reconstruct_to_zarr(in_zarr, in_zarr, "linear", 4, workers=1)
     with pytest.raises(io.VolumeReadError, match="level 5"):
         zd.reconstruct_to_zarr(in_zarr, tmp_path / "x.zarr", "linear", 4, input_level=5,
                                workers=1)

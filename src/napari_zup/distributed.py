@@ -380,6 +380,9 @@ def reconstruct_to_zarr(
         raise ValueError(f"method {name!r} supports only integer factors, got {float(f):g}")
 
     src, src_array, meta = _resolve_source(source, input_level)
+    if meta.get("path") and Path(meta["path"]) == out.resolve():
+        raise ValueError(f"output {str(out)!r} is the input; choose another output name "
+                         "(the input is never written to)")
     validate_volume(src_array, info.min_slices, name)
     in_shape = tuple(int(s) for s in src_array.shape)
     dtype = np.dtype(src_array.dtype)
@@ -682,7 +685,10 @@ def _run(client, src, src_array, meta, out, name, params, info, f, in_shape, out
                 f"output {str(out)!r} holds an unfinished run with the same settings; pass "
                 "resume=True (--resume) to finish it or overwrite=True to start again")
         if overwrite:
-            shutil.rmtree(out)
+            if out.is_dir():
+                shutil.rmtree(out)
+            else:
+                out.unlink()
 
     nbytes = sum(int(np.prod(s)) for s in shapes) * dtype.itemsize
     if not out.exists():
