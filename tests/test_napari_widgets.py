@@ -361,3 +361,23 @@ def test_reconstruct_a_lazily_opened_file(qtbot, make_napari_viewer, tmp_path, m
     assert run.status == "done"
     assert tuple(run.layer.scale) == pytest.approx((10.0, 10.0, 10.0))
     np.testing.assert_array_equal(run.layer.data, reconstruct(data, "cubic", 4))
+
+
+def test_a_run_that_fails_at_once_says_why_and_leaves_no_layer(
+        qtbot, viewer_with_sample, notes, tmp_path):
+    from napari_zup._qt import ReconstructWidget
+
+    viewer, layer = viewer_with_sample
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    w = ReconstructWidget(viewer)
+    w._checkpoint_file = str(bad)
+    w.method_combo.setCurrentText("film")
+    w.checkpoint_combo.setCurrentText(str(bad))
+    assert w.method_params()["checkpoint"] == str(bad)
+    run = w.start()
+    _wait_done(qtbot, run)
+    assert run.status == "failed"
+    assert list(viewer.layers) == [layer]
+    assert any("failed" in m and "broken.safetensors" in m for m in notes), notes
+    assert w.run_button.isEnabled()

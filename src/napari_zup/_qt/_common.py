@@ -257,15 +257,16 @@ def start_worker(function, *args, on_yield=None, on_return=None, on_error=None,
     (all called in the GUI thread)."""
     from napari.qt.threading import create_worker
 
-    worker = create_worker(function, *args, _start_thread=False, **kwargs)
-    if on_yield is not None and hasattr(worker, "yielded"):
-        worker.yielded.connect(on_yield)
+    connect = {}
+    if on_yield is not None:
+        connect["yielded"] = on_yield
     if on_return is not None:
-        worker.returned.connect(on_return)
+        connect["returned"] = on_return
     if on_error is not None:
-        worker.errored.connect(on_error)
+        connect["errored"] = on_error  # handled: no re-raise in the GUI thread
     if on_finish is not None:
-        worker.finished.connect(on_finish)
+        connect["finished"] = on_finish
+    worker = create_worker(function, *args, _start_thread=False, _connect=connect, **kwargs)
     worker.start()
     return worker
 

@@ -182,6 +182,9 @@ class StreamingRun:
         self.worker = start_worker(self._job, on_yield=self._on_slice,
                                    on_return=self._on_return, on_error=self._on_error)
         self._add_layers()
+        if self.status != "running":  # ended (e.g. failed) while the layers were being built
+            self._mark_layer()
+            return self
         pbar = progress(total=self.out_shape[0], desc=f"{self.method} ×{float(self.factor):g}")
         if self.status == "running":
             self._pbar = pbar
@@ -274,13 +277,7 @@ class StreamingRun:
             self._pbar.close()
             self._pbar = None
         if self.layer is not None:
-            self._refresh()
-            meta = self.layer.metadata["zup"]
-            meta["status"] = status
-            meta["partial"] = status != "done"
-            if status != "done" and self.layer in self.viewer.layers:
-                meta["slices_done"] = self.progress.done
-                self.layer.name = self.layer.name + PARTIAL_SUFFIX
+            self._mark_layer()
         for store in self._release_later:
             release_store(store)
         if self.want_flows and not self._vectors and status == "done":
@@ -288,6 +285,23 @@ class StreamingRun:
                         "flow layers stay empty (use of-linear or of-cubic)")
         if self.on_done is not None:
             self.on_done(self)
+
+    def _mark_layer(self):
+        """Final state of the output layer: done, or partial (name + metadata). A run that
+        failed before its first slice leaves nothing behind but the error message."""
+        status = self.status
+        if status == "failed" and self.progress.done == 0:
+            for lay in (self.layer, self.flow_layer, self.vectors_layer):
+                if lay is not None and lay in self.viewer.layers:
+                    self.viewer.layers.remove(lay)
+            return
+        self._refresh()
+        meta = self.layer.metadata["zup"]
+        meta["status"] = status
+        meta["partial"] = status != "done"
+        if status != "done" and self.layer in self.viewer.layers:
+            meta["slices_done"] = self.progress.done
+            self.layer.name = self.layer.name + PARTIAL_SUFFIX
 
     def _on_return(self, status):
         if self._in_refresh:  # delivered inside the progress bar's processEvents: later
