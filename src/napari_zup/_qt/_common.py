@@ -127,11 +127,16 @@ def layer_units(layer):
 
 def allocate_output(shape, dtype, limit: int | None = None):
     """A zero-filled array for streamed results: numpy in RAM, or a zarr store in a temporary
-    folder when larger than ``limit`` bytes (default :data:`OUTPUT_RAM_LIMIT`).
+    folder when larger than ``limit`` bytes (default: :data:`OUTPUT_RAM_LIMIT` or half the
+    free memory, whichever is smaller).
 
     Returns ``(array, store_path or None)``.
     """
-    limit = OUTPUT_RAM_LIMIT if limit is None else limit
+    if limit is None:
+        import psutil
+
+        # also on disk when RAM is short: half of what is free now
+        limit = min(OUTPUT_RAM_LIMIT, psutil.virtual_memory().available // 2)
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     if nbytes <= limit:
         return np.zeros(shape, dtype), None  # calloc: pages are touched only when filled
