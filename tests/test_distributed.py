@@ -240,3 +240,21 @@ def test_bad_arguments_named(in_zarr, tmp_path):
     with pytest.raises(io.VolumeReadError, match="level 5"):
         zd.reconstruct_to_zarr(in_zarr, tmp_path / "x.zarr", "linear", 4, input_level=5,
                                workers=1)
+
+
+def test_ome_zarr_input_level_and_volume_input(client, crop, in_zarr, tmp_path):
+    """Input from a chosen OME-Zarr level (path + input_level, or the io.Volume of a level,
+    as the napari widget would pass it): shapes and voxel sizes follow that level."""
+    pyr = zd.reconstruct_to_zarr(in_zarr, tmp_path / "pyr.zarr", "nearest", 2, client=client,
+                                 levels=2)
+    lv1 = io.read_volume(pyr, level=1)  # (23, 96, 80), voxel (20, 20, 20)
+    ref = engine.reconstruct(lv1.data.compute(), "linear", 2)
+    a = zd.reconstruct_to_zarr(pyr, tmp_path / "a.zarr", "linear", 2, client=client,
+                               input_level=1, levels=1)
+    b = zd.reconstruct_to_zarr(lv1, tmp_path / "b.zarr", "linear", 2, client=client, levels=1)
+    for out in (a, b):
+        v = io.read_volume(out)
+        assert v.data.shape == ref.shape == (45, 96, 80)
+        np.testing.assert_array_equal(v.data.compute(), ref)
+        assert v.voxel_size == pytest.approx((10.0, 20.0, 20.0))
+        assert v.metadata["zup"]["signature"]["input"]["level"] == 1
