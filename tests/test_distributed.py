@@ -258,3 +258,19 @@ def test_ome_zarr_input_level_and_volume_input(client, crop, in_zarr, tmp_path):
         np.testing.assert_array_equal(v.data.compute(), ref)
         assert v.voxel_size == pytest.approx((10.0, 20.0, 20.0))
         assert v.metadata["zup"]["signature"]["input"]["level"] == 1
+
+
+def test_learned_method_loaded_once_per_worker(client, crop, tmp_path):
+    """film (the shipped checkpoint): each worker process loads the model once for all its
+    chunks; the result equals the engine's; the checkpoint's hash is part of the signature."""
+    vol = crop[:5, :96, :96]
+    ref = engine.reconstruct(vol, "film", 2)
+    out = zd.reconstruct_to_zarr(vol, tmp_path / "film.zarr", "film", 2, client=client,
+                                 chunks=(2, 48, 48), levels=1)
+    got = io.read_volume(out)
+    np.testing.assert_array_equal(got.data.compute(), ref)
+    assert len(got.metadata["zup"]["signature"]["checkpoint"]["sha256"]) == 64
+    loads = client.run(zd.method_loads)
+    film = [n for per_worker in loads.values() for k, n in per_worker.items()
+            if k.startswith("film ")]
+    assert film and all(n == 1 for n in film)  # 20 chunks, one load per worker
