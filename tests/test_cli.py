@@ -121,3 +121,20 @@ def test_existing_output_needs_overwrite(tmp_path):
     assert out.read_bytes() == b"keep"
     zup("reconstruct", src, out, "--factor", "2", "--method", "linear", "--overwrite")
     assert tifffile.imread(out).shape == (5, 16, 16)
+
+
+def test_reconstruct_on_a_local_dask_cluster_matches_single_process(tmp_path):
+    src = tmp_path / "s.tif"
+    tifffile.imwrite(src, tifffile.imread(need(ISBI))[:6, :200, :180], imagej=True,
+                     resolution=(0.25, 0.25), metadata={"spacing": 50, "unit": "nm"})
+    zup("reconstruct", src, tmp_path / "one.zarr", "--method", "cubic", "--factor", "4")
+    proc = zup("reconstruct", src, tmp_path / "two.zarr", "--method", "cubic", "--factor", "4",
+               "--workers", "2")
+    assert "chunks" in proc.stderr
+    a, b = read_volume(tmp_path / "one.zarr"), read_volume(tmp_path / "two.zarr")
+    np.testing.assert_array_equal(np.asarray(a.data), np.asarray(b.data))
+    assert b.voxel_size == pytest.approx((12.5, 4.0, 4.0))
+    proc = zup("reconstruct", src, tmp_path / "three.zarr", "--scheduler",
+               "tcp://127.0.0.1:1", "--factor", "4", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "three.zarr").exists()

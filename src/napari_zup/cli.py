@@ -223,7 +223,7 @@ def _reconstruct_distributed(args, vol, factor, params, voxel, meta) -> int:
                             overwrite=args.overwrite, resume=not args.no_resume,
                             levels=args.pyramid_levels, input_level=args.input_level,
                             voxel_size=vol.voxel_size, unit=vol.unit, progress=on_progress)
-    except (ValueError, OSError, ConnectionError, TimeoutError) as exc:
+    except (ValueError, OSError, ConnectionError, TimeoutError, RuntimeError) as exc:
         _fail(str(exc))
     print(f"zup: wrote {args.output}", file=sys.stderr)
     return 0
