@@ -135,7 +135,7 @@ def main():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.2))
     ref = np.array(results["cubic"]["sweep"]) if "cubic" in results else None
     for label, sc in results.items():
         y = np.array(sc["sweep"])
@@ -150,7 +150,7 @@ def main():
     axes[1].axhline(0, color="k", lw=0.5)
     for ax in axes:
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(args.png, dpi=110)
     print(f"wrote {args.png}")
