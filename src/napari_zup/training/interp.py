@@ -90,15 +90,17 @@ class TupleSampler:
             else:
                 for axes in ((0, 1, 2), (1, 0, 2), (2, 0, 1)):
                     self.views.append(np.ascontiguousarray(u.transpose(axes)))
+        # an axis whose cross-sections are smaller than the crop is not used as 'z'
+        small = [v.shape[1:] for v in self.views if min(v.shape[1:]) < crop]
+        self.views = [v for v in self.views if min(v.shape[1:]) >= crop]
+        if not self.views:
+            raise ValueError(f"slices {small[0]} are smaller than the crop {crop}; "
+                             f"use --crop {min(small[0])} or less")
         # self-supervised: only the stack's own z axis, (z-1, z+1) -> z by default
         factors = factors or ((2,) if self_supervised else (2, 4, 8))
         self.factors = [f for f in factors if any(len(v) > f for v in self.views)]
         if not self.factors:
             raise ValueError("stacks are too short for the requested factors")
-        for v in self.views:
-            if min(v.shape[1:]) < crop:
-                raise ValueError(f"slices {v.shape[1:]} are smaller than the crop {crop}; "
-                                 f"use --crop {min(v.shape[1:])} or less")
 
     def sample(self, batch):
         c = self.crop
