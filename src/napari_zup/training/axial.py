@@ -119,9 +119,9 @@ def train(
     degradation: str = "decimate",
     noise_std: float = 0.0,
     poisson_peak: float = 0.0,
-    batch: int = 8,
-    rows: int = 12,
-    width: int = 48,
+    batch: int | None = None,
+    rows: int | None = None,
+    width: int | None = None,
     learning_rate: float | None = None,
     arch: dict | None = None,
     resume=None,
@@ -147,6 +147,9 @@ def train(
     from ..devices import select_device
 
     cls, default_arch = _method_class(method)
+    # patch shapes of the shipped checkpoints (a2i's U-Net wants short, wide patches)
+    d_batch, d_rows, d_width = (16, 12, 48) if method == "niiv" else (8, 8, 64)
+    batch, rows, width = batch or d_batch, rows or d_rows, width or d_width
     factors = [int(f) for f in (factor if isinstance(factor, (list, tuple)) else [factor])]
     if any(f < 2 for f in factors):
         raise ValueError(f"training factors must be integers >= 2, got {factors}")
@@ -308,9 +311,12 @@ def main(method: str, argv: list[str]) -> int:
                    help="Gaussian noise (0..1 units) added to degraded inputs")
     p.add_argument("--poisson-peak", type=float, default=0.0,
                    help="Poisson noise with this many counts at full intensity (0 = off)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--rows", type=int, default=12, help="low-resolution rows per patch")
-    p.add_argument("--width", type=int, default=48, help="patch width in pixels")
+    p.add_argument("--batch", type=int, default=None,
+                   help="patches per step (default: niiv 16, a2i 8)")
+    p.add_argument("--rows", type=int, default=None,
+                   help="low-resolution rows per patch (default: niiv 12, a2i 8)")
+    p.add_argument("--width", type=int, default=None,
+                   help="patch width in pixels (default: niiv 48, a2i 64)")
     p.add_argument("--lr", type=float, default=None, help="learning rate")
     p.add_argument("--resume", default=None, help="checkpoint to continue from")
     p.add_argument("--device", default="auto")
