@@ -152,6 +152,7 @@ def test_train_api_checkpoint_round_trip_and_resume(tmp_path):
         train("film", vol, out=out, max_steps=1)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_bad_checkpoints_refused(tmp_path):
     _tiny_checkpoint(tmp_path / "ts.safetensors", "tsain")
     with pytest.raises(CheckpointError, match="not 'film'"):
