@@ -6,5 +6,6 @@ from ._compare import CompareWidget
 from ._evaluate import EvaluateWidget
 from ._flow import FlowWidget
 from ._reconstruct import ReconstructWidget
+from ._train import TrainWidget
 
-__all__ = ["CompareWidget", "EvaluateWidget", "FlowWidget", "ReconstructWidget"]
+__all__ = ["CompareWidget", "EvaluateWidget", "FlowWidget", "ReconstructWidget", "TrainWidget"]
