@@ -215,13 +215,14 @@ class TrainWidget(DockWidget):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(3.4, 4.2), dpi=90, facecolor="#262930")
+        fig = Figure(figsize=(3.4, 3.9), dpi=90, facecolor="#262930")
         self.figure = fig
-        gs = fig.add_gridspec(2, 2, height_ratios=[1.0, 1.25], hspace=0.35, wspace=0.08,
-                              left=0.16, right=0.97, top=0.93, bottom=0.03)
-        self.ax_loss = fig.add_subplot(gs[0, :])
-        self.ax_in = fig.add_subplot(gs[1, 0])
-        self.ax_out = fig.add_subplot(gs[1, 1])
+        top = fig.add_gridspec(1, 1, left=0.17, right=0.97, top=0.94, bottom=0.58)
+        bottom = fig.add_gridspec(1, 2, left=0.02, right=0.98, top=0.47, bottom=0.01,
+                                  wspace=0.06)
+        self.ax_loss = fig.add_subplot(top[0, 0])
+        self.ax_in = fig.add_subplot(bottom[0, 0])
+        self.ax_out = fig.add_subplot(bottom[0, 1])
         fg = "#d0d4da"
         ax = self.ax_loss
         ax.set_facecolor("#1e2027")
@@ -239,7 +240,7 @@ class TrainWidget(DockWidget):
         self._im_in = None
         self._im_out = None
         self.canvas = FigureCanvasQTAgg(fig)
-        self.canvas.setMinimumHeight(300)
+        self.canvas.setMinimumHeight(320)
         self.layout().addWidget(self.canvas)
 
     def _redraw_plot(self):
@@ -253,7 +254,7 @@ class TrainWidget(DockWidget):
         if self.preview is not None:
             if self._im_out is None:
                 kw = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0, "interpolation": "nearest",
-                      "aspect": "auto"}
+                      "aspect": "equal"}  # isotropic pixels: the true xz geometry
                 self._im_out = self.ax_out.imshow(self.preview, **kw)
                 if self.input_plane is not None:
                     self._im_in = self.ax_in.imshow(self.input_plane, **kw)
