@@ -109,8 +109,8 @@ class TrainWidget(DockWidget):
         self.eval_every: int | None = None
         self._queue: queue.Queue = queue.Queue()
         self._path_edited = False
-        self._pbar = None
         self._t0 = 0.0
+        self._last_status = 0.0
         self._dirty = False
 
         form = QFormLayout()
@@ -413,12 +413,9 @@ class TrainWidget(DockWidget):
         self.progress_bar.setValue(0)
         self.progress_bar.setVisible(True)
         self.status.setText(f"{method} ×{factor} on {layer.name!r}: preparing patches…")
-        try:
-            from napari.utils import progress
-
-            self._pbar = progress(total=1000, desc=f"train {method} ×{factor}")
-        except Exception:  # the dock's own bar is enough
-            self._pbar = None
+        # No napari progress bar (activity panel): redrawing it halved the training speed
+        # (measured: 276 vs 495 niiv steps in 30 s); the dock's own bar is enough.
+        self._last_status = 0.0
         self._timer.start()
         return True
 
@@ -502,11 +499,10 @@ class TrainWidget(DockWidget):
                 eta = elapsed * (1 - frac_steps) / frac_steps
         frac = min(max(frac, 0.0), 1.0)
         self.progress_bar.setValue(int(1000 * frac))
-        if self._pbar is not None:
-            n = int(1000 * frac)
-            if n > self._pbar.n:
-                self._pbar.update(n - self._pbar.n)
-        if self.status_text == "running":
+        now = time.perf_counter()
+        # the wrapped status label relayouts the dock: once a second is enough
+        if self.status_text == "running" and now - self._last_status >= 1.0:
+            self._last_status = now
             loss = f", loss {self.losses[-1]:.4f}" if self.losses else ""
             self.status.setText(
                 f"{t['method']} ×{t['factor']}: step {step}{loss}; {_fmt_s(elapsed)} elapsed, "
@@ -514,9 +510,6 @@ class TrainWidget(DockWidget):
 
     def _finish(self, end):
         self._timer.stop()
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
         self.progress_bar.setVisible(False)
         self.start_button.setEnabled(True)
         self.stop_button.setEnabled(False)
