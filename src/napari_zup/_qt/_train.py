@@ -51,6 +51,50 @@ TRAIN_METHODS = {
     "niiv": "implicit neural representation: restores xz/yz planes at any factor",
     "a2i": "Swin-transformer restorer of xz/yz planes (integer factors)",
 }
+#: Pair interpolators trained self-supervised on the stack: (z-1, z+1) -> z.
+PAIR_METHODS = {
+    "film": "FILM-style pair interpolator, self-supervised on the stack: (z-1, z+1) -> z",
+    "tsain": "TSAIN-style pair interpolator, self-supervised on the stack: (z-1, z+1) -> z",
+}
+
+
+def _pair_training_available() -> bool:
+    """film/tsain need ``training.interp.train`` with ``callback`` and ``stop_event``."""
+    import inspect
+
+    try:
+        from ..training.interp import train
+    except ImportError:
+        return False
+    params = inspect.signature(train).parameters
+    return "callback" in params and "stop_event" in params
+
+
+def pair_preview(method, checkpoint, volume, factor, width=160, rows=32):
+    """Middle xz plane (first ``width`` columns) reconstructed at ``factor`` with a pair
+    interpolator's checkpoint, from a strip of ``rows`` rows: (P, width) in [0, 1]."""
+    from ..engine import reconstruct
+
+    z, h, w = volume.shape
+    y0 = max(0, h // 2 - rows // 2)
+    strip = np.asarray(volume[:, y0:y0 + rows, : min(width, w)])
+    out = reconstruct(strip, method, factor,
+                      method_params={"checkpoint": str(checkpoint), "device": "cpu"})
+    return _unit_plane(out[:, h // 2 - y0], volume.dtype)
+
+
+def _unit_plane(plane, dtype):
+    from ..methods.base import dtype_value_range
+
+    plane = np.asarray(plane, np.float32)
+    rng = dtype_value_range(np.dtype(dtype))
+    if rng is None:
+        finite = plane[np.isfinite(plane)]
+        rng = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    lo, hi = rng
+    return np.clip((plane - lo) / ((hi - lo) or 1.0), 0, 1)
+
+
 #: Largest stack trained on as a whole (voxels; it is held as float32 in memory).
 MAX_VOXELS = 400_000_000
 #: GUI refresh interval while training (ms).
@@ -107,6 +151,9 @@ class TrainWidget(DockWidget):
         self.trained: dict | None = None  # layer, method, factor, path of the last training
         #: validation (and preview) interval in steps; None: 50, or less for short runs
         self.eval_every: int | None = None
+        #: film/tsain validate on time: seconds between validations (None: budget / 10,
+        #: 15 s to 120 s)
+        self.val_every_s: float | None = None
         self._queue: queue.Queue = queue.Queue()
         self._path_edited = False
         self._t0 = 0.0
@@ -117,7 +164,11 @@ class TrainWidget(DockWidget):
         self.layer_combo = LayerCombo(self.viewer)
         self.layer_info = wrap_label()
         self.method_combo = QComboBox()
-        for n, (name, desc) in enumerate(TRAIN_METHODS.items()):
+        methods = dict(TRAIN_METHODS)
+        if _pair_training_available():
+            methods.update(PAIR_METHODS)
+        self.methods = methods
+        for n, (name, desc) in enumerate(methods.items()):
             self.method_combo.addItem(name)
             self.method_combo.setItemData(n, desc, 3)  # Qt.ToolTipRole
         self.method_desc = wrap_label()
@@ -284,8 +335,15 @@ class TrainWidget(DockWidget):
         self._update_default_path()
 
     def _method_changed(self, name):
-        self.method_desc.setText(TRAIN_METHODS.get(name, ""))
+        self.method_desc.setText(self.methods.get(name, ""))
+        pair = name in PAIR_METHODS
+        self.degradation_combo.setEnabled(not pair)  # pair methods learn from z itself
+        self.degradation_combo.setToolTip(
+            "not used by film/tsain: they learn (z-1, z+1) -> z from the stack's own slices"
+            if pair else "how z was sampled: decimate = thin sections (FIB-SEM), pool = "
+            "thick sections (ssTEM, each slice averages its section)")
         self._update_default_path()
+        self._path_changed(self.path_edit.text())
 
     def _update_default_path(self):
         if self._path_edited:
@@ -297,8 +355,14 @@ class TrainWidget(DockWidget):
     def _path_typed(self, *_):
         self._path_edited = True
 
+    def _resume_file(self, text) -> Path:
+        path = Path(text).expanduser()
+        if self.method_combo.currentText() in PAIR_METHODS:
+            return path.with_name(path.name + ".state.pt")
+        return path
+
     def _path_changed(self, text):
-        exists = bool(text) and Path(text).expanduser().is_file()
+        exists = bool(text) and self._resume_file(text).is_file()
         self.resume_check.setEnabled(exists)
         if not exists:
             self.resume_check.setChecked(False)
@@ -336,6 +400,9 @@ class TrainWidget(DockWidget):
         if volume.shape[1] < 8 * factor and volume.shape[2] < 8 * factor:
             raise ValueError(f"layer {layer.name!r} is too small in y/x {tuple(volume.shape[1:])} "
                              f"for factor {factor}: slices of at least {8 * factor} pixels needed")
+        if method in PAIR_METHODS and (volume.shape[0] < 8 or min(volume.shape[1:]) < 32):
+            raise ValueError(f"{method} learns (z-1, z+1) -> z: layer {layer.name!r} "
+                             f"{tuple(volume.shape)} needs at least 8 slices of 32 × 32 pixels")
         text = self.path_edit.text().strip()
         if not text:
             raise ValueError("choose a checkpoint file to write (the … button)")
@@ -357,9 +424,22 @@ class TrainWidget(DockWidget):
         except (ValueError, OSError) as exc:
             notify_error(f"Train: {exc}")
             return False
-        resume = str(path) if self.resume_check.isChecked() and path.is_file() else None
+        pair = method in PAIR_METHODS
+        resume = None
         start_step = 0
-        if resume:
+        if self.resume_check.isChecked() and self._resume_file(str(path)).is_file():
+            resume = str(path)
+        if resume and pair:
+            import torch
+
+            try:
+                st = torch.load(str(self._resume_file(resume)), map_location="cpu",
+                                weights_only=True)
+                start_step = int(st.get("step", 0))
+            except Exception as exc:
+                notify_error(f"Train: cannot continue from {resume}.state.pt: {exc}")
+                return False
+        elif resume:
             from ..checkpoints import CheckpointError, load_checkpoint
 
             try:
@@ -388,14 +468,40 @@ class TrainWidget(DockWidget):
         q = self._queue
         stop = self.stop_event
 
-        def job():
-            from ..training.axial import train
+        val_every_s = self.val_every_s or min(120.0, max(15.0, minutes * 6.0))
+        crop = int(min(96, (min(volume.shape[1:]) // 16) * 16))
 
+        def job():
             try:
-                res = train(method, np.asarray(volume), factor, out=path, minutes=minutes,
-                            max_steps=max_steps, degradation=degradation, resume=resume,
-                            eval_every=eval_every, stop_event=stop, data_name=layer.name,
-                            callback=lambda s, loss, p: q.put(("step", s, loss, p)))
+                if pair:
+                    from ..training.interp import train as train_pair
+
+                    seen = {"mtime": None}
+
+                    def pair_callback(step, loss, preview=None):
+                        # runs in the training thread: a new best checkpoint -> new preview
+                        try:
+                            mtime = path.stat().st_mtime_ns
+                        except OSError:
+                            mtime = None
+                        if mtime is not None and mtime != seen["mtime"]:
+                            seen["mtime"] = mtime
+                            preview = pair_preview(method, path, volume, factor)
+                        q.put(("step", step, loss, preview))
+
+                    res = train_pair(method, np.asarray(volume), out=path, minutes=minutes,
+                                     max_steps=max_steps, crop=crop, self_supervised=True,
+                                     resume=bool(resume), val_every_s=val_every_s,
+                                     callback=pair_callback, stop_event=stop,
+                                     log=lambda s: None)
+                    res["stopped"] = stop.is_set()
+                else:
+                    from ..training.axial import train
+
+                    res = train(method, np.asarray(volume), factor, out=path, minutes=minutes,
+                                max_steps=max_steps, degradation=degradation, resume=resume,
+                                eval_every=eval_every, stop_event=stop, data_name=layer.name,
+                                callback=lambda s, loss, p: q.put(("step", s, loss, p)))
                 q.put(("done", res))
             except BaseException as exc:  # shown in the GUI thread, never raised there
                 q.put(("error", exc))
@@ -440,14 +546,7 @@ class TrainWidget(DockWidget):
         plane = np.asarray(volume[:, h // 2, : min(160, w)]).astype(np.float32)
         n_out = (z - 1) * factor + 1
         plane = plane[np.minimum(np.round(np.arange(n_out) / factor).astype(int), z - 1)]
-        from ..methods.base import dtype_value_range
-
-        rng = dtype_value_range(volume.dtype)
-        if rng is None:
-            finite = plane[np.isfinite(plane)]
-            rng = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        lo, hi = rng
-        return np.clip((plane - lo) / ((hi - lo) or 1.0), 0, 1)
+        return _unit_plane(plane, volume.dtype)
 
     def _reset_plot(self):
         self.loss_line.set_data([], [])
@@ -527,17 +626,24 @@ class TrainWidget(DockWidget):
             notify_error(f"Train {t['method']}: {self.error}")
             return
         res = self.result = end[1]
-        self.status_text = "stopped" if res.stopped else "done"
-        gain = ""
-        if res.baseline_loss > 0:
-            gain = f" ({100 * (1 - res.best_loss / res.baseline_loss):+.1f}% vs linear)"
-        self.status.setText(
-            f"{t['method']}: {self.status_text} after {res.steps} steps, {res.minutes:.1f} min; "
-            f"best validation L1 {res.best_loss:.4f}, linear interpolation "
-            f"{res.baseline_loss:.4f}{gain}. Checkpoint: {res.path}")
+        if isinstance(res, dict):  # film/tsain: training.interp.train's summary
+            self.status_text = "stopped" if res.get("stopped") else "done"
+            self.status.setText(
+                f"{t['method']}: {self.status_text} after {res['steps']} steps, "
+                f"{res['minutes']:.1f} min; best validation PSNR {res['best_val_psnr']:.2f} dB "
+                f"((z-1, z+1) -> z tuples of the stack). Checkpoint: {res['checkpoint']}")
+        else:
+            self.status_text = "stopped" if res.stopped else "done"
+            gain = ""
+            if res.baseline_loss > 0:
+                gain = f" ({100 * (1 - res.best_loss / res.baseline_loss):+.1f}% vs linear)"
+            self.status.setText(
+                f"{t['method']}: {self.status_text} after {res.steps} steps, "
+                f"{res.minutes:.1f} min; best validation L1 {res.best_loss:.4f}, linear "
+                f"interpolation {res.baseline_loss:.4f}{gain}. Checkpoint: {res.path}")
         self.reconstruct_button.setEnabled(True)
         self._offer_to_reconstruct_widget()
-        notify_info(f"Train {t['method']}: {self.status_text}; best checkpoint in {res.path}")
+        notify_info(f"Train {t['method']}: {self.status_text}; best checkpoint in {t['path']}")
 
     # -- reconstruct --------------------------------------------------------------------------
 
