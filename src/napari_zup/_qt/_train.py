@@ -476,7 +476,10 @@ class TrainWidget(DockWidget):
                 if pair:
                     from ..training.interp import train as train_pair
 
-                    seen = {"mtime": None}
+                    try:  # a file already there is not this training's (nor a preview)
+                        seen = {"mtime": path.stat().st_mtime_ns}
+                    except OSError:
+                        seen = {"mtime": None}
 
                     def pair_callback(step, loss, preview=None):
                         # runs in the training thread: a new best checkpoint -> new preview
@@ -486,11 +489,15 @@ class TrainWidget(DockWidget):
                             mtime = None
                         if mtime is not None and mtime != seen["mtime"]:
                             seen["mtime"] = mtime
-                            preview = pair_preview(method, path, volume, factor)
+                            try:
+                                preview = pair_preview(method, path, volume, factor)
+                            except Exception:  # e.g. caught mid-write: next time
+                                seen["mtime"] = None
                         q.put(("step", step, loss, preview))
 
                     res = train_pair(method, np.asarray(volume), out=path, minutes=minutes,
-                                     max_steps=max_steps, crop=crop, self_supervised=True,
+                                     max_steps=max_steps and max_steps + start_step,
+                                     crop=crop, self_supervised=True,
                                      resume=bool(resume), val_every_s=val_every_s,
                                      callback=pair_callback, stop_event=stop,
                                      log=lambda s: None)
