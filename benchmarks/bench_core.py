@@ -164,7 +164,8 @@ def main():
                "| sample, F | " + " | ".join(["linear", "cubic", "of-linear", "of-cubic"]) + " |",
                "|---|---|---|---|---|"]
     for (name, f), sc in table.items():
-        lines3.append(f"| {name.split('_')[3]}, {f} | " + " | ".join(
+        label = "sample1" if "sample1" in name else "sample2" if "sample2" in name else name
+        lines3.append(f"| {label}, {f} | " + " | ".join(
             f"{sc[m]['fpsnr']:.2f} / {sc[m]['ie']:.2f} / {sc[m]['seconds_per_slice']:.4f}"
             for m in ["linear", "cubic", "of-linear", "of-cubic"]) + " |")
     print("\n".join(lines3), flush=True)
