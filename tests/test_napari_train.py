@@ -141,3 +141,24 @@ def test_2d_layer_refused(make_napari_viewer, qtbot, tmp_path, notes):
     assert w.reconstruct() is None
     assert [lay.name for lay in viewer.layers] == names
     assert not ckpt.exists()
+
+
+def test_film_self_supervised(viewer_with_crop, qtbot, tmp_path):
+    """film (pair interpolator) trained self-supervised, (z-1, z+1) -> z, on the stack."""
+    viewer, layer = viewer_with_crop
+    w = dock(viewer, "Train")
+    w.method_combo.setCurrentText("film")
+    assert w.method_combo.currentText() == "film"
+    assert not w.degradation_combo.isEnabled()
+    ckpt = tmp_path / "film.safetensors"
+    w.path_edit.setText(str(ckpt))
+    w.steps_spin.setValue(10)
+    assert w.start()
+    qtbot.waitUntil(lambda: w.status_text in ("done", "failed"), timeout=TIMEOUT_MS)
+    assert w.error is None, w.error
+    assert w.result["steps"] == 10 and not w.result["stopped"]
+    assert w.steps and w.steps[-1] == 10 and all(np.isfinite(w.losses))
+    # the final validation saved the first best checkpoint -> preview from it
+    assert w.preview is not None and w.preview.shape == ((33 - 1) * 4 + 1, 96)
+    _, meta = load_checkpoint(ckpt, "film")
+    assert meta["training"]["self_supervised"] is True

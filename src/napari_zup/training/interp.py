@@ -202,7 +202,7 @@ def train(method: str, data, *, val=None, out=None, minutes: float = 30.0,
           factors=None, lr: float = 1e-3, self_supervised: bool = False,
           resume: bool = False, device: str = "auto", threads: int | None = None,
           arch: dict | None = None, val_every_s: float = 120.0, seed: int = 0,
-          log=print) -> dict:
+          log=print, callback=None, stop_event=None) -> dict:
     """Train ``method`` and write the best checkpoint (by validation PSNR) to ``out``.
 
     ``data``: path(s) or arrays of isotropic stacks (or one anisotropic stack with
@@ -210,6 +210,9 @@ def train(method: str, data, *, val=None, out=None, minutes: float = 30.0,
     self-supervised); ``val``: a stack for validation (default: the last 15 % of the
     first data stack's slices, with a gap, in self-supervised mode; otherwise required).
     Stops after ``minutes`` (wall time, resumable) or ``max_steps``. Returns a summary dict.
+    ``callback(step, loss, None)`` is called every 10 steps with the mean training loss since
+    the last call, and once at the end; setting ``stop_event`` (a ``threading.Event``) stops
+    after the current step (final validation; the best checkpoint stays at ``out``).
     """
     import torch
 
@@ -277,6 +280,7 @@ def train(method: str, data, *, val=None, out=None, minutes: float = 30.0,
     t_start = time.perf_counter() - elapsed
     last_val = time.perf_counter()
     run_loss, run_n = 0.0, 0
+    cb_loss, cb_n = 0.0, 0
 
     def save_state():
         torch.save({"method": method, "arch": json.dumps(arch), "model": model.state_dict(),
@@ -311,6 +315,8 @@ def train(method: str, data, *, val=None, out=None, minutes: float = 30.0,
 
     while True:
         elapsed = time.perf_counter() - t_start
+        if stop_event is not None and stop_event.is_set():
+            break
         if (budget_s and elapsed >= budget_s) or (max_steps is not None and step >= max_steps):
             break
         frac = min(elapsed / budget_s, 1.0) if budget_s else step / max(max_steps or 1, 1)
@@ -330,6 +336,11 @@ def train(method: str, data, *, val=None, out=None, minutes: float = 30.0,
         step += 1
         run_loss += loss.item()
         run_n += 1
+        if callback is not None:
+            cb_loss, cb_n = cb_loss + loss.item(), cb_n + 1
+            if step % 10 == 0:
+                callback(step, cb_loss / cb_n, None)
+                cb_loss, cb_n = 0.0, 0
         if time.perf_counter() - last_val >= val_every_s:
             elapsed = time.perf_counter() - t_start
             validate()
@@ -337,6 +348,8 @@ def train(method: str, data, *, val=None, out=None, minutes: float = 30.0,
             last_val = time.perf_counter()
     elapsed = time.perf_counter() - t_start
     validate()
+    if callback is not None:
+        callback(step, cb_loss / cb_n if cb_n else float("nan"), None)
     return {"method": method, "steps": step, "minutes": elapsed / 60, "best_val_psnr": best,
             "checkpoint": str(out), "params": n_params, "history": history}
 
