@@ -255,6 +255,28 @@ class DockWidget(QWidget):
         self.setLayout(QVBoxLayout())
         self.layout().setContentsMargins(6, 6, 6, 6)
 
+    def add_run_buttons(self, run_text: str = "Run", cancel_text: str = "Cancel") -> None:
+        """A Run / Cancel row (``self.run_button``, ``self.cancel_button``)."""
+        from qtpy.QtWidgets import QHBoxLayout, QPushButton
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton(run_text)
+        self.cancel_button = QPushButton(cancel_text)
+        self.cancel_button.setEnabled(False)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        self.layout().addLayout(buttons)
+
+    def add_progress(self) -> None:
+        """A hidden progress bar and a status line (``self.progress_bar``, ``self.status``)."""
+        from qtpy.QtWidgets import QProgressBar
+
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setVisible(False)
+        self.status = wrap_label()
+        self.layout().addWidget(self.progress_bar)
+        self.layout().addWidget(self.status)
+
 
 def start_worker(function, *args, on_yield=None, on_return=None, on_error=None,
                  on_finish=None, **kwargs):

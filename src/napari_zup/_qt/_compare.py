@@ -6,7 +6,6 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
-    QProgressBar,
     QPushButton,
 )
 
@@ -19,8 +18,7 @@ from ._common import (
     anisotropy,
     layer_problem,
     notify_error,
-    wrap_label,
-)
+    )
 from ._run import StreamingRun
 
 #: dims.order of the last three axes (z, y, x) for each view; napari shows the last two.
@@ -70,13 +68,7 @@ class CompareWidget(DockWidget):
         self.hide_others.setChecked(True)
         self.layout().addWidget(self.hide_others)
 
-        buttons = QHBoxLayout()
-        self.run_button = QPushButton("Run")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        self.layout().addLayout(buttons)
+        self.add_run_buttons()
 
         views = QHBoxLayout()
         self.view_buttons = {}
@@ -90,11 +82,7 @@ class CompareWidget(DockWidget):
         self.grid_button.clicked.connect(self.toggle_grid)
         views.addWidget(self.grid_button)
         self.layout().addLayout(views)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setVisible(False)
-        self.status = wrap_label()
-        self.layout().addWidget(self.progress_bar)
-        self.layout().addWidget(self.status)
+        self.add_progress()
         self.layout().addStretch(1)
 
         self.layer_combo.currentIndexChanged.connect(self._prefill_factor)

@@ -12,9 +12,7 @@ import time
 import numpy as np
 from qtpy.QtWidgets import (
     QFormLayout,
-    QHBoxLayout,
     QHeaderView,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QTableWidget,
@@ -81,18 +79,8 @@ class EvaluateWidget(DockWidget):
         self.methods = MethodChecks(checked=("linear", "cubic", "of-linear"),
                                     include_learned=False)
         self.layout().addWidget(self.methods)
-        buttons = QHBoxLayout()
-        self.run_button = QPushButton("Run")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        self.layout().addLayout(buttons)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setVisible(False)
-        self.status = wrap_label()
-        self.layout().addWidget(self.progress_bar)
-        self.layout().addWidget(self.status)
+        self.add_run_buttons()
+        self.add_progress()
 
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)

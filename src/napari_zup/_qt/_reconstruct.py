@@ -10,7 +10,6 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QWidget,
@@ -105,18 +104,8 @@ class ReconstructWidget(DockWidget):
         form.addRow("", self.follow_check)
         self.layout().addLayout(form)
 
-        buttons = QHBoxLayout()
-        self.run_button = QPushButton("Run")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        self.layout().addLayout(buttons)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setVisible(False)
-        self.status = wrap_label()
-        self.layout().addWidget(self.progress_bar)
-        self.layout().addWidget(self.status)
+        self.add_run_buttons()
+        self.add_progress()
         self.layout().addStretch(1)
 
         self.layer_combo.currentIndexChanged.connect(self._layer_changed)
