@@ -18,7 +18,7 @@ from ._common import (
     anisotropy,
     layer_problem,
     notify_error,
-    )
+)
 from ._run import StreamingRun
 
 #: dims.order of the last three axes (z, y, x) for each view; napari shows the last two.
