@@ -27,20 +27,6 @@ def one_thread():
 
 
 @pytest.fixture
-def notes():
-    from napari.utils.notifications import notification_manager
-
-    got = []
-
-    def keep(n):
-        got.append(n.message)
-
-    notification_manager.notification_ready.connect(keep)
-    yield got
-    notification_manager.notification_ready.disconnect(keep)
-
-
-@pytest.fixture
 def viewer_with_crop(make_napari_viewer):
     """The anisotropic sample (z step 40 nm, 10 nm pixels), cropped to 33 x 96 x 96."""
     viewer = make_napari_viewer()

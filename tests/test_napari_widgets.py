@@ -17,29 +17,6 @@ TIMEOUT_MS = 60_000
 
 
 @pytest.fixture
-def notes():
-    """Messages of the napari notifications shown during a test."""
-    from napari.utils.notifications import notification_manager
-
-    got = []
-
-    def keep(n):
-        got.append(n.message)
-
-    notification_manager.notification_ready.connect(keep)
-    yield got
-    notification_manager.notification_ready.disconnect(keep)
-
-
-@pytest.fixture
-def viewer_with_sample(make_napari_viewer):
-    viewer = make_napari_viewer()
-    data, kw, _ = anisotropic_sample()[0]
-    layer = viewer.add_image(data, **kw)
-    return viewer, layer
-
-
-@pytest.fixture
 def hold_after(monkeypatch):
     """``gate = hold_after(n)``: every streaming run's worker waits after ``n`` slices until
     ``gate.set()`` (as if the method were slow), so mid-run states are checked without racing

@@ -2,8 +2,8 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/screenshots/make_screenshots.py
 
-Writes reconstruct.png, reconstruct_streaming.png, compare.png, evaluate.png and flow.png
-next to this script, all on the FIB-SEM sample shipped with the plugin.
+Writes reconstruct.png, reconstruct_streaming.png, reconstruct_cluster.png, compare.png,
+evaluate.png and flow.png next to this script, all on the FIB-SEM sample shipped with the plugin.
 """
 from __future__ import annotations
 
@@ -167,6 +167,52 @@ def streaming():
     run.cancel()
     gate.set()
     StreamingRun._job = job
+    wait(lambda: not run.running)
+    viewer.close()
+
+
+def cluster():
+    """Mid-run on a local dask cluster: the OME-Zarr store fills in, chunk by chunk."""
+    import tempfile
+    import threading
+
+    from napari_zup import distributed
+    from napari_zup._qt._cluster_run import ClusterRun
+    from napari_zup._qt._compare import set_orientation, show_names
+    from napari_zup._qt._reconstruct import ENGINE_LOCAL
+
+    viewer = new_viewer()
+    w = dock(viewer, "Reconstruct")
+    w.method_combo.setCurrentText("of-linear")
+    w.engine_combo.setCurrentText(ENGINE_LOCAL)
+    w.workers_spin.setValue(2)
+    w.output_edit.setText(str(Path(tempfile.mkdtemp()) / "FIB-SEM aniso.of-linear-x4.zarr"))
+    gate = threading.Event()
+    distributed.MIN_IN_FLIGHT = distributed.IN_FLIGHT_PER_THREAD = 1  # hold it half-way
+    original = ClusterRun._reconstruct
+
+    def held(self, callback):  # the client waits after 3 chunks, as if the cluster were busy
+        def report(item):
+            callback(item)
+            if item[0] == 3:
+                gate.wait()
+        return original(self, report)
+
+    ClusterRun._reconstruct = held
+    run = w.start()
+    wait(lambda: run.layer is not None and run.done >= 3)
+    pump(1.0)
+    show_names(viewer.layers)
+    viewer.canvas.grid.enabled = True
+    viewer.canvas.background_color_override = "#3b3f4a"
+    set_orientation(viewer, "xz")
+    viewer.dims.set_point(1, 10.0 * 96)
+    run._refresh()
+    viewer.reset_view()
+    shot(viewer, "reconstruct_cluster.png")
+    run.cancel()
+    gate.set()
+    ClusterRun._reconstruct = original
     wait(lambda: not run.running)
     viewer.close()
 

@@ -1,6 +1,7 @@
 """Reconstruct widget: one image layer -> a new, isotropic layer that streams in live."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from qtpy.QtWidgets import (
@@ -10,6 +11,7 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QLineEdit,
     QPushButton,
     QSpinBox,
     QWidget,
@@ -18,6 +20,7 @@ from qtpy.QtWidgets import (
 from .. import grid
 from ..methods import get_info, method_infos
 from ._common import (
+    OUTPUT_RAM_LIMIT,
     DockWidget,
     LayerCombo,
     anisotropy,
@@ -26,10 +29,19 @@ from ._common import (
     notify_error,
     wrap_label,
 )
+from ._cluster_run import ClusterRun, suggest_output
 from ._run import StreamingRun
 
 CHOOSE_FILE = "Choose a file…"
 BUNDLED = "bundled default"
+
+#: Where a run computes: napari's own threads (result in memory, or a temporary store), or a
+#: dask cluster writing an OME-Zarr store (same engine as ``zup reconstruct --workers/
+#: --scheduler``).
+ENGINE_THREADS = "this napari (threads)"
+ENGINE_LOCAL = "dask: local cluster"
+ENGINE_SCHEDULER = "dask: scheduler address"
+ENGINES = (ENGINE_THREADS, ENGINE_LOCAL, ENGINE_SCHEDULER)
 
 
 class ReconstructWidget(DockWidget):
@@ -44,6 +56,7 @@ class ReconstructWidget(DockWidget):
         self.run: StreamingRun | None = None
         self.runs: list[StreamingRun] = []
         self._checkpoint_file: str | None = None
+        self._output_auto = True
 
         form = QFormLayout()
         self.layer_combo = LayerCombo(self.viewer)
@@ -91,6 +104,35 @@ class ReconstructWidget(DockWidget):
         self.follow_check = QCheckBox("follow the newest slice")
         self.follow_check.setChecked(True)
 
+        self.engine_combo = QComboBox()
+        self.engine_combo.addItems(ENGINES)
+        self.engine_combo.setToolTip(
+            "threads: computed inside napari, fastest start, for what fits this machine. "
+            "dask: every output chunk is a task on a dask cluster writing an OME-Zarr store "
+            "(with a pyramid) that the new layer reads as it fills in; resumable, and for "
+            "volumes larger than this machine")
+        self.workers_spin = QSpinBox()
+        self.workers_spin.setRange(1, 256)
+        self.workers_spin.setValue(max(1, os.cpu_count() or 1))
+        self.workers_spin.setToolTip("worker processes of the local dask cluster")
+        self.scheduler_edit = QLineEdit()
+        self.scheduler_edit.setPlaceholderText("tcp://host:8786")
+        self.scheduler_edit.setToolTip("address of a running dask scheduler (dask-jobqueue, "
+                                       "Kubernetes, `dask scheduler`); the workers must see "
+                                       "the input and output paths")
+        self.output_edit = QLineEdit()
+        self.output_edit.setPlaceholderText("result.zarr")
+        self.output_edit.setToolTip("OME-Zarr store the cluster writes; an unfinished store "
+                                    "of the same run is resumed")
+        self.output_browse = QPushButton("…")
+        self.output_browse.setMaximumWidth(32)
+        orow = QHBoxLayout()
+        orow.setContentsMargins(0, 0, 0, 0)
+        orow.addWidget(self.output_edit, 1)
+        orow.addWidget(self.output_browse)
+        self.output_row = QWidget()
+        self.output_row.setLayout(orow)
+
         form.addRow("image", self.layer_combo)
         form.addRow("", self.layer_info)
         form.addRow("method", self.method_combo)
@@ -102,6 +144,11 @@ class ReconstructWidget(DockWidget):
         form.addRow("flow", self.flow_check)
         form.addRow("vectors", self.vector_step)
         form.addRow("", self.follow_check)
+        form.addRow("run on", self.engine_combo)
+        form.addRow("workers", self.workers_spin)
+        form.addRow("scheduler", self.scheduler_edit)
+        form.addRow("output", self.output_row)
+        self.form = form
         self.layout().addLayout(form)
 
         self.add_run_buttons()
@@ -115,9 +162,15 @@ class ReconstructWidget(DockWidget):
         self.flow_check.toggled.connect(self.vector_step.setEnabled)
         self.run_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
+        self.engine_combo.currentTextChanged.connect(self._engine_changed)
+        self.output_browse.clicked.connect(self._browse_output)
+        self.output_edit.textEdited.connect(lambda *_: setattr(self, "_output_auto", False))
+        self.method_combo.currentTextChanged.connect(self._suggest_output)
+        self.factor_spin.valueChanged.connect(self._suggest_output)
         self.vector_step.setEnabled(False)
         self._method_changed(self.method_combo.currentText())
         self._layer_changed()
+        self._engine_changed(self.engine_combo.currentText())
 
     # -- form ---------------------------------------------------------------------------------
 
@@ -130,12 +183,19 @@ class ReconstructWidget(DockWidget):
         if problem:
             self.layer_info.setText(f"<span style='color:#e8a33d'>{problem}</span>")
             return
-        shape = tuple(layer_volume(layer).shape)
+        data = layer_volume(layer)
+        shape = tuple(data.shape)
         s = tuple(float(v) for v in layer.scale[-3:])
-        self.layer_info.setText(
-            f"{shape[0]}×{shape[1]}×{shape[2]} (z,y,x), voxel {s[0]:g}×{s[1]:g}×{s[2]:g}, "
-            f"anisotropy {anisotropy(layer):.3g}")
+        text = (f"{shape[0]}×{shape[1]}×{shape[2]} (z,y,x), voxel {s[0]:g}×{s[1]:g}×{s[2]:g}, "
+                f"anisotropy {anisotropy(layer):.3g}")
+        a = max(anisotropy(layer), 1.0)
+        out_bytes = a * shape[0] * shape[1] * shape[2] * data.dtype.itemsize
+        if out_bytes > OUTPUT_RAM_LIMIT:
+            text += (f"; isotropic output ≈ {out_bytes / 1e9:.1f} GB: for volumes this size "
+                     "'run on: dask' writes an OME-Zarr store chunk by chunk (resumable)")
+        self.layer_info.setText(text)
         self._prefill_factor()
+        self._suggest_output()
 
     def _prefill_factor(self, *_):
         layer = self.layer_combo.layer()
@@ -168,6 +228,53 @@ class ReconstructWidget(DockWidget):
         self.flow_check.setEnabled(name.startswith("of-"))
         if not name.startswith("of-"):
             self.flow_check.setChecked(False)
+
+    # -- engine -----------------------------------------------------------------------------
+
+    def _show_row(self, widget, on: bool) -> None:
+        if hasattr(self.form, "setRowVisible"):  # Qt >= 6.4
+            self.form.setRowVisible(widget, on)
+        else:
+            widget.setVisible(on)
+            label = self.form.labelForField(widget)
+            if label is not None:
+                label.setVisible(on)
+
+    def _engine_changed(self, engine):
+        on_dask = engine != ENGINE_THREADS
+        self._show_row(self.workers_spin, engine == ENGINE_LOCAL)
+        self._show_row(self.scheduler_edit, engine == ENGINE_SCHEDULER)
+        self._show_row(self.output_row, on_dask)
+        # The cluster writes chunk by chunk and keeps no flow fields; tiles are its chunks.
+        for w in (self.tile_spin, self.flow_check, self.vector_step, self.follow_check):
+            self._show_row(w, not on_dask)
+        if on_dask:
+            self._suggest_output()
+
+    def _suggest_output(self, *_):
+        """Fill the output path with a fresh name, unless the user typed one."""
+        if self.output_edit.text() and not self._output_auto:
+            return
+        run = self.run
+        if isinstance(run, ClusterRun) and run.status != "done" and \
+                Path(self.output_edit.text()).expanduser() == run.out_path:
+            return  # keep the store of a running or unfinished run: rerunning resumes it
+        layer = self.layer_combo.layer()
+        if (layer is None or layer_problem(layer)
+                or self.engine_combo.currentText() == ENGINE_THREADS):
+            return
+        self.output_edit.setText(str(suggest_output(layer, self.method_combo.currentText(),
+                                                    self.factor_spin.value())))
+        self._output_auto = True
+
+    def _browse_output(self):
+        path, _ = QFileDialog.getSaveFileName(self, "Output OME-Zarr store",
+                                              self.output_edit.text(), "OME-Zarr (*.zarr)")
+        if path:
+            if not path.lower().endswith(".zarr"):
+                path += ".zarr"
+            self.output_edit.setText(path)
+            self._output_auto = False
 
     def _checkpoint_chosen(self, index):
         if self.checkpoint_combo.itemText(index) != CHOOSE_FILE:
@@ -217,6 +324,9 @@ class ReconstructWidget(DockWidget):
             if layer_volume(layer).shape[0] < info.min_slices:
                 raise ValueError(f"method {method!r} needs at least {info.min_slices} slices")
             params = self.method_params()
+            engine = self.engine_combo.currentText()
+            if engine != ENGINE_THREADS:
+                return self._start_cluster(layer, method, factor, params, engine)
         except ValueError as exc:
             notify_error(f"Reconstruct: {exc}")
             return None
@@ -236,6 +346,42 @@ class ReconstructWidget(DockWidget):
         self.run.start()
         return self.run
 
+    def _start_cluster(self, layer, method, factor, params, engine):
+        out = self.output_edit.text().strip()
+        if not out:
+            raise ValueError("choose an output .zarr store for the dask cluster to write")
+        if not out.lower().endswith(".zarr"):
+            raise ValueError(f"output {out!r}: the dask cluster writes OME-Zarr; use a name "
+                             "ending in .zarr")
+        parent = Path(out).expanduser().parent
+        if not parent.is_dir():
+            raise ValueError(f"output folder {str(parent)!r} does not exist; create it or "
+                             "choose another")
+        scheduler = None
+        if engine == ENGINE_SCHEDULER:
+            scheduler = self.scheduler_edit.text().strip()
+            if not scheduler:
+                raise ValueError("enter the address of the dask scheduler "
+                                 "(e.g. tcp://host:8786)")
+        self.run = ClusterRun(
+            self.viewer, layer, method, factor, Path(out).expanduser(), method_params=params,
+            workers=self.workers_spin.value() if engine == ENGINE_LOCAL else None,
+            scheduler=scheduler, on_progress=self._on_cluster_progress, on_done=self._on_done)
+        self.runs.append(self.run)
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress_bar.setRange(0, 0)  # busy until the cluster reports its chunk count
+        self.progress_bar.setVisible(True)
+        where = scheduler or f"a local cluster of {self.workers_spin.value()} workers"
+        self.status.setText(f"{method} ×{float(factor):g}: starting {where}…")
+        self.run.start()
+        return self.run
+
+    def _on_cluster_progress(self, run):
+        self.progress_bar.setRange(0, max(run.total, 1))
+        self.progress_bar.setValue(run.done)
+        self.status.setText(f"{run.method} on dask: {run.describe()} -> {run.out_path}")
+
     def cancel(self):
         if self.run is not None and self.run.running:
             self.run.cancel()
@@ -252,6 +398,17 @@ class ReconstructWidget(DockWidget):
         self.cancel_button.setEnabled(False)
         self.progress_bar.setVisible(False)
         s = run.stats
+        if isinstance(run, ClusterRun):
+            if run.status == "done":
+                self.status.setText(f"{run.method} on dask: {run.total} chunks in "
+                                    f"{s['total_s']:.1f} s -> {run.out_path}")
+                self._output_auto = True
+                self._suggest_output()  # the next run must not overwrite this result
+            else:
+                self.status.setText(f"{run.method} on dask: {run.status} after {run.done} of "
+                                    f"{run.total} chunks; run again with the same output "
+                                    "to resume")
+            return
         if run.status == "done":
             self.status.setText(
                 f"{run.method}: {s['slices']} slices in {s['total_s']:.1f} s "

@@ -1,0 +1,28 @@
+"""Fixtures shared by the napari test modules."""
+import pytest
+
+
+@pytest.fixture
+def notes():
+    """Messages of the napari notifications shown during a test."""
+    from napari.utils.notifications import notification_manager
+
+    got = []
+
+    def keep(n):
+        got.append(n.message)
+
+    notification_manager.notification_ready.connect(keep)
+    yield got
+    notification_manager.notification_ready.disconnect(keep)
+
+
+@pytest.fixture
+def viewer_with_sample(make_napari_viewer):
+    """A viewer holding the anisotropic FIB-SEM sample (33 x 192 x 192, z step 40 nm)."""
+    from napari_zup._sample_data import anisotropic_sample
+
+    viewer = make_napari_viewer()
+    data, kw, _ = anisotropic_sample()[0]
+    layer = viewer.add_image(data, **kw)
+    return viewer, layer
