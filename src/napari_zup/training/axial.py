@@ -322,7 +322,11 @@ def main(method: str, argv: list[str]) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=50,
+                   help="steps between validations (default 50; more on a GPU)")
     args = p.parse_args(argv)
+    if args.eval_every < 1:
+        p.error(f"--eval-every must be >= 1, got {args.eval_every}")
     try:
         factors = [int(x) for x in str(args.factor).split(",")]
     except ValueError:
@@ -345,6 +349,7 @@ def main(method: str, argv: list[str]) -> int:
                     batch=args.batch, rows=args.rows, width=args.width,
                     learning_rate=args.lr, resume=args.resume, device=args.device,
                     seed=args.seed, data_name=Path(args.data).name,
+                    eval_every=args.eval_every,
                     log=lambda s: print(s, flush=True))
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
