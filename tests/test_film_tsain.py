@@ -152,6 +152,31 @@ def test_train_api_checkpoint_round_trip_and_resume(tmp_path):
         train("film", vol, out=out, max_steps=1)
 
 
+def test_init_starts_from_a_checkpoints_weights(tmp_path):
+    """--init: fine-tuning starts from the given weights and architecture (0 steps = the same
+    weights); a checkpoint of another method, or --init with --resume, is refused."""
+    from napari_zup.checkpoints import load_checkpoint
+
+    vol = _blobs(12, 40, 40, seed=2)
+    first = tmp_path / "first.safetensors"
+    train("film", vol, val=_blobs(12, 40, 40, seed=5), out=first, minutes=0, max_steps=2,
+          batch=2, crop=32, arch=TINY["film"][0], val_every_s=1e9, log=lambda s: None)
+    again = tmp_path / "again.safetensors"
+    train("film", vol, val=_blobs(12, 40, 40, seed=5), out=again, minutes=0, max_steps=0,
+          batch=2, crop=32, init=first, val_every_s=1e9, seed=7, log=lambda s: None)
+    (w0, m0), (w1, m1) = load_checkpoint(first), load_checkpoint(again)
+    assert m1["arch"] == m0["arch"] and m1["training"]["init"] == "first.safetensors"
+    assert w0.keys() == w1.keys()
+    for k in w0:
+        np.testing.assert_array_equal(w0[k].numpy(), w1[k].numpy())
+    _tiny_checkpoint(tmp_path / "ts.safetensors", "tsain")
+    with pytest.raises(CheckpointError, match="not 'film'"):
+        train("film", vol, val=vol, out=tmp_path / "x.safetensors", max_steps=1,
+              init=tmp_path / "ts.safetensors")
+    with pytest.raises(ValueError, match="not both"):
+        train("film", vol, val=vol, out=first, max_steps=1, init=first, resume=True)
+
+
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_bad_checkpoints_refused(tmp_path):
     _tiny_checkpoint(tmp_path / "ts.safetensors", "tsain")

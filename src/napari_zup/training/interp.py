@@ -202,14 +202,17 @@ def train(method: str, data, *, val=None, out=None, minutes: float = 30.0,
           factors=None, lr: float = 1e-3, self_supervised: bool = False,
           resume: bool = False, device: str = "auto", threads: int | None = None,
           arch: dict | None = None, val_every_s: float = 120.0, seed: int = 0,
-          log=print, callback=None, stop_event=None) -> dict:
+          init=None, log=print, callback=None, stop_event=None) -> dict:
     """Train ``method`` and write the best checkpoint (by validation PSNR) to ``out``.
 
     ``data``: path(s) or arrays of isotropic stacks (or one anisotropic stack with
     ``self_supervised=True``); ``factors``: gaps of the tuples (default (2, 4, 8), or (2,) when
     self-supervised); ``val``: a stack for validation (default: the last 15 % of the
     first data stack's slices, with a gap, in self-supervised mode; otherwise required).
-    Stops after ``minutes`` (wall time, resumable) or ``max_steps``. Returns a summary dict.
+    Stops after ``minutes`` (wall time, resumable) or ``max_steps``. ``init``: a checkpoint
+    whose weights (and architecture) the model starts from, e.g. the shipped one, to fine-tune
+    it on your own data (a fresh optimizer; ``resume`` instead continues a training state).
+    Returns a summary dict.
     ``callback(step, loss, None)`` is called every 10 steps with the mean training loss since
     the last call, and once at the end; setting ``stop_event`` (a ``threading.Event``) stops
     after the current step (final validation; the best checkpoint stays at ``out``).
@@ -221,10 +224,20 @@ def train(method: str, data, *, val=None, out=None, minutes: float = 30.0,
 
     if method not in METHODS:
         raise ValueError(f"unknown learned method {method!r}; choose one of: {', '.join(METHODS)}")
+    if resume and init is not None:
+        raise ValueError("give --resume (continue a training state) or --init (start from a "
+                         "checkpoint's weights), not both")
     if threads:
         torch.set_num_threads(int(threads))
     dev = select_device(device)
     torch.manual_seed(seed)
+    init_name = None
+    if init is not None:  # checked before any data is read
+        from ..checkpoints import load_checkpoint
+
+        state, meta = load_checkpoint(init, method)  # CheckpointError names what is wrong
+        arch = meta.get("arch") or arch
+        init_name = Path(init).name
     datas = data if isinstance(data, (list, tuple)) else [data]
     stacks = [d if isinstance(d, np.ndarray) else _read_stack(d) for d in datas]
     names = [getattr(d, "name", str(d)) if not isinstance(d, np.ndarray) else "array"
@@ -248,6 +261,8 @@ def train(method: str, data, *, val=None, out=None, minutes: float = 30.0,
     vset = validation_set(val_stack, factors, 16, vcrop, self_supervised=self_supervised)
 
     model, arch = _build(method, arch)
+    if init is not None:
+        model.load_state_dict(state)
     model.to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     budget_s = minutes * 60.0
@@ -304,7 +319,7 @@ def train(method: str, data, *, val=None, out=None, minutes: float = 30.0,
                 "training": {"data": names, "val": val_name, "steps": step,
                              "minutes": round(elapsed / 60, 1), "batch": batch, "crop": crop,
                              "factors": list(sampler.factors),
-                             "self_supervised": self_supervised,
+                             "self_supervised": self_supervised, "init": init_name,
                              "loss": "L1 + 0.1 LapPyr-L1 + 0.1 grad-L1",
                              "val_psnr_per_factor": [round(s, 3) for s in scores]},
                 "factor_range": [1, 8] if not self_supervised else [1, 2],
@@ -374,6 +389,9 @@ def main(method: str, argv: list[str]) -> int:
     p.add_argument("--self-supervised", action="store_true",
                    help="learn (z-1, z+1) -> z on an anisotropic stack alone")
     p.add_argument("--resume", action="store_true", help="continue from OUT.state.pt")
+    p.add_argument("--init", default=None,
+                   help="start from this checkpoint's weights (e.g. the shipped one, to "
+                        "fine-tune it on your data)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--val-every", type=float, default=120.0, help="seconds between validations")
@@ -386,7 +404,7 @@ def main(method: str, argv: list[str]) -> int:
                         factors=tuple(args.factors) if args.factors else None, lr=args.lr,
                         self_supervised=args.self_supervised, resume=args.resume,
                         device=args.device, threads=args.threads, val_every_s=args.val_every,
-                        seed=args.seed, log=lambda s: print(s, flush=True))
+                        seed=args.seed, init=args.init, log=lambda s: print(s, flush=True))
     except (ValueError, FileNotFoundError) as exc:
         print(f"zup train {method}: error: {exc}", file=sys.stderr)
         return 2
