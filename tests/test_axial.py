@@ -219,3 +219,33 @@ def test_shipped_checkpoint_beats_linear_on_real_crop(method):
     assert r.shape == g.shape
     assert np.array_equal(r[::4], a)
     assert _psnr_restored(r, g, 4) > _psnr_restored(r_lin, g, 4)
+
+
+def test_factor_outside_the_checkpoints_training_range_is_flagged(tmp_path):
+    """A learned method used beyond the factors its checkpoint was trained for gets a
+    warning naming the range (CLI stderr and the Reconstruct widget show it)."""
+    import subprocess
+    import sys
+
+    import tifffile
+
+    from napari_zup.checkpoints import factor_warning, read_metadata
+
+    lo, hi = read_metadata(default_checkpoint("niiv"))["factor_range"]
+    assert factor_warning("niiv", hi) is None and factor_warning("niiv", lo) is None
+    note = factor_warning("niiv", 12)
+    assert note and f"×{lo:g} to ×{hi:g}" in note and "×12" in note
+    assert factor_warning("linear", 12) is None  # no checkpoint, no warning
+    ckpt = _tiny_checkpoint(tmp_path, "a2i")  # records no range: nothing to say
+    assert factor_warning("a2i", 12, ckpt) is None
+    state, meta = load_checkpoint(ckpt, "a2i")
+    save_checkpoint(ckpt, state, {**meta, "factor_range": [4, 4]})
+    assert "×4;" in factor_warning("a2i", 6, ckpt) and factor_warning("a2i", 4, ckpt) is None
+    vol = np.random.default_rng(0).integers(0, 255, (4, 24, 24), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "in.tif", vol)
+    proc = subprocess.run([sys.executable, "-m", "napari_zup.cli", "reconstruct",
+                           tmp_path / "in.tif", tmp_path / "out.tif", "--method", "a2i",
+                           "--factor", "6", "--checkpoint", ckpt],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: the a2i checkpoint" in proc.stderr

@@ -149,3 +149,28 @@ def default_checkpoint(method: str) -> Path | None:
 def read_metadata(path) -> dict[str, Any]:
     """Metadata of a checkpoint without loading its tensors (for model cards and widgets)."""
     return load_checkpoint(path)[1]
+
+
+def factor_warning(method: str, factor, checkpoint=None) -> str | None:
+    """A warning when ``factor`` lies outside the factors ``checkpoint`` (default: the bundled
+    one) was trained for, else None. Methods without checkpoints, or checkpoints that do not
+    record a range, give None. Reads only the file's header-side metadata."""
+    path = checkpoint or default_checkpoint(method)
+    if path is None:
+        return None
+    try:
+        meta = read_metadata(path)
+    except CheckpointError:
+        return None  # the method itself reports a broken file when it loads it
+    rng = meta.get("factor_range")
+    if not rng or len(rng) != 2:
+        return None
+    lo, hi = float(rng[0]), float(rng[1])
+    f = float(factor)
+    if lo - 1e-9 <= f <= hi + 1e-9:
+        return None
+    trained = f"×{lo:g}" if lo == hi else f"×{lo:g} to ×{hi:g}"
+    return (f"the {method} checkpoint {Path(path).name!r} was trained for factors {trained}; "
+            f"at ×{f:g} it runs outside that range and may blur or invent structure. Check it "
+            f"on your data (Evaluate / zup evaluate) or train one for this factor "
+            f"(zup train {method} --factor {round(f)} ...)")

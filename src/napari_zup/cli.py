@@ -11,15 +11,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__, grid
+from .checkpoints import factor_warning
 from .engine import Progress, iter_reconstruct, make_plan, validate_volume
 from .io import Volume, VolumeReadError, check_output_path, read_volume, write_volume
 from .methods.base import create_method, get_info, method_infos
@@ -168,6 +167,9 @@ def cmd_reconstruct(args) -> int:
         voxel = (z / float(factor), y, x)
     meta = {"method": args.method, "factor": str(factor), "params": params,
             "source": str(Path(args.input).name), "napari_zup": __version__}
+    note = factor_warning(args.method, factor, params.get("checkpoint"))
+    if note:
+        print(f"zup: warning: {note}", file=sys.stderr)
     if out.suffix.lower() == ".zarr" and (args.workers or args.scheduler):
         return _reconstruct_distributed(args, vol, factor, params, voxel, meta)
     try:

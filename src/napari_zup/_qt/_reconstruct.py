@@ -18,6 +18,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import grid
+from ..checkpoints import factor_warning
 from ..methods import get_info, method_infos
 from ._common import (
     OUTPUT_RAM_LIMIT,
@@ -27,6 +28,7 @@ from ._common import (
     layer_problem,
     layer_volume,
     notify_error,
+    notify_warning,
     wrap_label,
 )
 from ._cluster_run import ClusterRun, suggest_output
@@ -324,6 +326,9 @@ class ReconstructWidget(DockWidget):
             if layer_volume(layer).shape[0] < info.min_slices:
                 raise ValueError(f"method {method!r} needs at least {info.min_slices} slices")
             params = self.method_params()
+            note = factor_warning(method, factor, (params or {}).get("checkpoint"))
+            if note:
+                notify_warning(f"Reconstruct: {note}")
             engine = self.engine_combo.currentText()
             if engine != ENGINE_THREADS:
                 return self._start_cluster(layer, method, factor, params, engine)
