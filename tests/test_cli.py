@@ -138,3 +138,60 @@ def test_reconstruct_on_a_local_dask_cluster_matches_single_process(tmp_path):
                "tcp://127.0.0.1:1", "--factor", "4", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert not (tmp_path / "three.zarr").exists()
+
+
+def _store_files(store) -> dict:
+    """Every chunk and array-metadata file of every pyramid level, by relative path."""
+    return {str(f.relative_to(store)): f.read_bytes()
+            for lv in sorted(store.iterdir()) if lv.is_dir() and lv.name.isdigit()
+            for f in sorted(lv.iterdir())}
+
+
+def test_ctrl_c_then_the_same_command_resumes_bit_identically(tmp_path):
+    """A user presses Ctrl-C during `zup reconstruct ... --workers N` (SIGINT to the whole
+    process group, workers included), then runs the same command again: the store says
+    incomplete, the rerun skips the chunks already written, and the result has the same bytes
+    as a run that was never interrupted. A rerun of the finished command does nothing."""
+    import os
+    import signal
+    import time
+
+    import zarr
+
+    src = tmp_path / "s.tif"
+    g = tifffile.imread(need(SAMPLE1))[:48:4, 20:212, 30:190]  # 12 knots, 40 nm z step
+    tifffile.imwrite(src, g, imagej=True, resolution=(0.1, 0.1),
+                     metadata={"spacing": 40, "unit": "nm"})
+    args = ["reconstruct", src, None, "--method", "of-linear", "--factor", "4", "--winsize",
+            "15", "--levels", "2", "--workers", "1", "--chunks", "4", "64", "64",
+            "--pyramid-levels", "1"]
+    ref, out = tmp_path / "ref.zarr", tmp_path / "out.zarr"
+    zup(*[ref if a is None else a for a in args])
+    total = len([f for f in (ref / "0").iterdir() if not f.name.startswith(".")])
+    assert total == 12 * 3 * 3
+
+    cmd = [sys.executable, "-m", "napari_zup.cli", *[str(out if a is None else a) for a in args]]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    markers = out / "zup_done" / "0"
+    deadline = time.monotonic() + 300
+    while not (markers.is_dir() and len(os.listdir(markers)) >= 5):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    assert "rerun the same command to resume" in err and "Traceback" not in err, err
+    assert dict(zarr.open_group(str(out), mode="r").attrs)["zup"]["status"] == "incomplete"
+    n_kept = len(os.listdir(markers))
+    assert 5 <= n_kept < total
+
+    again = zup(*[out if a is None else a for a in args])
+    assert f"resuming {out}: " in again.stderr and "already done" in again.stderr
+    assert dict(zarr.open_group(str(out), mode="r").attrs)["zup"]["status"] == "complete"
+    a, b = _store_files(ref), _store_files(out)
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
+
+    done = zup(*[out if a is None else a for a in args])
+    assert "already complete" in done.stderr
+    other = zup(*[out if a is None else a for a in args[:-2]], "--factor", "2", check=False)
+    assert other.returncode == 2 and "factor" in other.stderr and "--overwrite" in other.stderr

@@ -103,8 +103,9 @@ def _read(path: str, level: int = 0) -> Volume:
 
 
 class _StderrProgress:
-    def __init__(self, total: int, label: str, every: float = 2.0):
-        self.progress = Progress(total)
+    def __init__(self, total: int, label: str, every: float = 2.0, unit: str = "slices",
+                 done: int = 0):
+        self.progress = Progress(total, unit, done)
         self.label = label
         self.every = every
         self.last = 0.0
@@ -156,8 +157,10 @@ def cmd_reconstruct(args) -> int:
     factor = resolve_factor(args.factor, vol)
     params = _method_params(args.method, parse_params(args))
     out = Path(args.output)
+    distributed = out.suffix.lower() == ".zarr" and bool(args.workers or args.scheduler)
     try:
-        check_output_path(out, args.overwrite)
+        if not distributed:  # the cluster runner resumes, or refuses, an existing store itself
+            check_output_path(out, args.overwrite)
         validate_volume(vol.data, get_info(args.method).min_slices, args.method)
     except (ValueError, OSError) as exc:
         _fail(str(exc))
@@ -170,7 +173,7 @@ def cmd_reconstruct(args) -> int:
     note = factor_warning(args.method, factor, params.get("checkpoint"))
     if note:
         print(f"zup: warning: {note}", file=sys.stderr)
-    if out.suffix.lower() == ".zarr" and (args.workers or args.scheduler):
+    if distributed:
         return _reconstruct_distributed(args, vol, factor, params, voxel, meta)
     try:
         method = create_method(args.method, **params)
@@ -212,11 +215,15 @@ def _reconstruct_distributed(args, vol, factor, params, voxel, meta) -> int:
     except ImportError as exc:
         _fail(f"distributed runs need the 'distributed' extra ({exc})")
     progress = None
+    stats: dict = {}
 
     def on_progress(done, total):
         nonlocal progress
-        if progress is None:
-            progress = _StderrProgress(total, "chunks")
+        if progress is None:  # the first report: chunks found finished by a resumed run
+            progress = _StderrProgress(total, "reconstruct", unit="chunks", done=done)
+            if done:
+                print(f"zup: resuming {args.output}: {done} of {total} chunks already "
+                      "written", file=sys.stderr)
         progress.update(done - progress.progress.done)
 
     try:
@@ -224,10 +231,24 @@ def _reconstruct_distributed(args, vol, factor, params, voxel, meta) -> int:
                             workers=args.workers, scheduler=args.scheduler,
                             overwrite=args.overwrite, resume=not args.no_resume,
                             levels=args.pyramid_levels, input_level=args.input_level,
-                            voxel_size=vol.voxel_size, unit=vol.unit, progress=on_progress)
+                            chunks=args.chunks,
+                            voxel_size=vol.voxel_size, unit=vol.unit, progress=on_progress,
+                            stats=stats)
+    except KeyboardInterrupt:
+        done = f"{progress.progress.done} of {progress.progress.total} chunks" if progress \
+            else "before any chunk"
+        print(f"zup: interrupted after {done}; {args.output} is marked incomplete and keeps "
+              "them: rerun the same command to resume", file=sys.stderr)
+        return 130
     except (ValueError, OSError, ConnectionError, TimeoutError, RuntimeError) as exc:
         _fail(str(exc))
-    print(f"zup: wrote {args.output}", file=sys.stderr)
+    if stats.get("already_complete"):
+        print(f"zup: {args.output} is already complete with these settings; nothing to do "
+              "(--overwrite recomputes it)", file=sys.stderr)
+    else:
+        print(f"zup: wrote {args.output} ({stats.get('total_chunks', 0)} chunks, "
+              f"{stats.get('skipped', 0)} of them from an earlier run, "
+              f"{stats.get('seconds', 0.0):.1f} s)", file=sys.stderr)
     return 0
 
 
@@ -426,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--scheduler", help="run on an existing dask scheduler (tcp://host:8786)")
     d.add_argument("--pyramid-levels", dest="pyramid_levels", type=int, default=None,
                    help="OME-Zarr pyramid levels")
+    d.add_argument("--chunks", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                   help="output chunk shape, one task each (default 16 x 512 x 512; "
+                   "1024 x 1024 in y/x for of-linear/of-cubic)")
     d.add_argument("--no-resume", action="store_true", help="do not reuse finished chunks")
 
     e = sub.add_parser("evaluate", help="drop-and-restore scores on an isotropic stack "

@@ -32,12 +32,14 @@ How it works:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
 import shutil
+import signal
 import threading
 import time
 import uuid
@@ -406,9 +408,10 @@ def reconstruct_to_zarr(
             own_client = client = _connect(scheduler, connect_timeout)
         else:
             n = int(workers) if workers is not None else (os.cpu_count() or 1)
-            own_cluster = LocalCluster(
-                n_workers=n, threads_per_worker=int(threads_per_worker), processes=processes,
-                dashboard_address=":0", silence_logs=logging.ERROR)
+            with _workers_ignore_ctrl_c():
+                own_cluster = LocalCluster(
+                    n_workers=n, threads_per_worker=int(threads_per_worker),
+                    processes=processes, dashboard_address=":0", silence_logs=logging.ERROR)
             own_client = client = Client(own_cluster, set_as_default=False)
     try:
         return _run(client, src, src_array, meta, out, name, params, info, f, in_shape,
@@ -419,6 +422,21 @@ def reconstruct_to_zarr(
             own_client.close()
         if own_cluster is not None:
             own_cluster.close()
+
+
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c():
+    """Worker processes started inside this block ignore SIGINT. Ctrl-C in a terminal goes to
+    the whole process group: the client alone should stop (cancel its tasks, mark nothing
+    complete, close the cluster), not every worker with a traceback of its own."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can be changed from the main thread only
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _connect(address: str, timeout: float):
@@ -680,6 +698,10 @@ def _run(client, src, src_array, meta, out, name, params, info, f, in_shape, out
         elif existing.get("status") == "complete" and not overwrite:
             if progress:
                 progress(total, total)
+            if stats is not None:
+                stats.update(total_chunks=total, skipped=total, already_complete=True,
+                             seconds=time.perf_counter() - t_start, chunks=tuple(chunks),
+                             levels=levels, out_shape=out_shape)
             return out
         elif not resume and not overwrite:
             raise OutputConflict(

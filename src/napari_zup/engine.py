@@ -351,11 +351,14 @@ def reconstruct(volume, method: str | Method = "linear", factor=2, **kwargs) -> 
 
 
 class Progress:
-    """Slices done, rate and ETA, for the CLI and the widgets."""
+    """Items done (slices, or chunks of a cluster run), rate and ETA, for the CLI and the
+    widgets. ``done``: items already finished before this session (a resumed run); they
+    count as done but not towards the rate, so the ETA is not flattered by them."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, unit: str = "slices", done: int = 0):
         self.total = int(total)
-        self.done = 0
+        self.unit = unit
+        self.done = self.done_at_start = int(done)
         self.start = time.perf_counter()
 
     def update(self, n: int = 1) -> None:
@@ -367,7 +370,8 @@ class Progress:
 
     @property
     def rate(self) -> float:
-        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+        new = self.done - self.done_at_start
+        return new / self.elapsed if self.elapsed > 0 else 0.0
 
     @property
     def eta(self) -> float:
@@ -375,5 +379,6 @@ class Progress:
 
     def __str__(self) -> str:
         eta = "?" if math.isnan(self.eta) else f"{self.eta:.0f}s"
-        return (f"{self.done}/{self.total} slices, {self.rate:.1f} slices/s, "
+        resumed = f" ({self.done_at_start} already done)" if self.done_at_start else ""
+        return (f"{self.done}/{self.total} {self.unit}{resumed}, {self.rate:.1f} {self.unit}/s, "
                 f"elapsed {self.elapsed:.0f}s, ETA {eta}")
