@@ -60,6 +60,17 @@ def test_arbitrary_scale_grid(tmp_path, method):
     assert np.array_equal(out4[::4], vol)
 
 
+def test_query_grid_spacing_at_factor_2():
+    """At F = 2 the restored slices (k + 1/2) are never neighbours: the spacing is still 1/2,
+    not the gap of 1 between them (that mistake fed niiv a wrong cell size)."""
+    pos = [k + 0.5 for k in range(10)]
+    g, idx, d = query_grid(pos, 11)
+    assert d == pytest.approx(0.5)
+    np.testing.assert_allclose(g[idx], pos)
+    np.testing.assert_allclose(g, np.arange(21) / 2)
+    assert query_grid([3.25], 8)[2] == pytest.approx(0.25)  # a single position
+
+
 def test_query_grid_contains_positions():
     f = 2.7
     pos = [i / f - 3 for i in range(9, 40) if (i / f) % 1]
@@ -202,7 +213,8 @@ def _psnr_restored(recon, g, f):
 
 
 @pytest.mark.parametrize("method", ["niiv", "a2i"])
-def test_shipped_checkpoint_beats_linear_on_real_crop(method):
+@pytest.mark.parametrize("factor", [2, 4])
+def test_shipped_checkpoint_beats_linear_on_real_crop(method, factor):
     ckpt = default_checkpoint(method)
     if ckpt is None:
         pytest.skip(f"no shipped {method} checkpoint")
@@ -213,12 +225,17 @@ def test_shipped_checkpoint_beats_linear_on_real_crop(method):
     _, meta = load_checkpoint(ckpt, method=method)
     assert "sample1" in meta["training"]["data"]  # trained on the other cube
     g = tifffile.imread(SAMPLE2)[:65, 60:124, 100:164]
-    a = g[::4]
-    r_lin = reconstruct(a, "linear", 4)
-    r = reconstruct(a, method, 4, method_params={"device": "cpu"})
+    a = g[::factor]
+    r_lin = reconstruct(a, "linear", factor)
+    r = reconstruct(a, method, factor, method_params={"device": "cpu"})
     assert r.shape == g.shape
-    assert np.array_equal(r[::4], a)
-    assert _psnr_restored(r, g, 4) > _psnr_restored(r_lin, g, 4)
+    assert np.array_equal(r[::factor], a)
+    assert _psnr_restored(r, g, factor) > _psnr_restored(r_lin, g, factor)
+    # no brightness shift on the restored slices (F = 2 once rendered at the wrong spacing
+    # and came out ~4 grey levels darker than the ground truth)
+    restored = np.arange(len(g)) % factor != 0
+    bias = r[restored].astype(float).mean() - g[restored].astype(float).mean()
+    assert abs(bias) < 0.5
 
 
 def test_factor_outside_the_checkpoints_training_range_is_flagged(tmp_path):

@@ -67,19 +67,21 @@ def fuse(xz: np.ndarray, yz: np.ndarray, fusion: str = "mean") -> np.ndarray:
 def query_grid(positions: Sequence[float], n: int) -> tuple[np.ndarray, np.ndarray, float]:
     """A uniform grid of output rows over ``[0, n-1]`` that contains every position.
 
-    The engine asks for positions ``i/F - z0`` (knots excluded when they are copied), so
-    their smallest gap is the output spacing 1/F. Returns ``(grid, index_of_each_position,
-    spacing)``; models that work on a regular output image (a2i) render the grid and pick
-    the requested rows.
+    The engine asks for positions ``i/F - z0`` (knots excluded when they are copied). For
+    F > 1 the output spacing 1/F is below 1, and it is their smallest gap whenever two
+    restored slices follow each other. When they never do (F = 2: one slice per interval, at
+    k + 1/2; or a single position), the gaps are whole knot intervals and the spacing is the
+    distance of a position to its knot. Returns ``(grid, index_of_each_position, spacing)``;
+    models that work on a regular output image (a2i) render the grid and pick the requested
+    rows.
     """
     p = np.asarray(sorted(float(x) for x in positions))
     if len(p) == 0:
         raise ValueError("no positions to render")
     gaps = np.diff(p)
     gaps = gaps[gaps > 1e-6]
-    if len(gaps):
-        d = float(gaps.min())
-    else:  # a single position: its distance to the nearest knot is a multiple of 1/F
+    d = float(gaps.min()) if len(gaps) else 1.0
+    if d > 1 - 1e-6:  # no two restored slices are neighbours: measure from the knot
         frac = p[0] - math.floor(p[0])
         d = min(frac, 1 - frac) if 1e-6 < frac < 1 - 1e-6 else 1.0
     start = p[0] - math.floor(p[0] / d + 1e-6) * d
