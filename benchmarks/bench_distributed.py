@@ -182,7 +182,7 @@ def cost(args) -> dict:
     # Flow cost grows with the area read (tile + halo). Chunks of this small input touch the
     # volume's edges (halo on one side only); inside a large volume every chunk reads the full
     # halo on all sides, so scale the measured cost by the ratio of read areas.
-    from napari_zup.engine import _window
+    from napari_zup.engine import read_window
     from napari_zup.methods.base import create_method
 
     m = create_method(args.method)
@@ -190,8 +190,8 @@ def cost(args) -> dict:
     cz, cy, cx = stats["chunks"]
     areas = [(y1 - y0) * (x1 - x0)
              for y in range(0, h, cy) for x in range(0, w, cx)
-             for y0, y1 in [_window(slice(y, min(y + cy, h)), halo, min_tile, h)]
-             for x0, x1 in [_window(slice(x, min(x + cx, w)), halo, min_tile, w)]]
+             for y0, y1 in [read_window(slice(y, min(y + cy, h)), halo, min_tile, h)]
+             for x0, x1 in [read_window(slice(x, min(x + cx, w)), halo, min_tile, w)]]
     measured_area = float(np.mean(areas))
     est = {}
     for edge in (1024, 2048):

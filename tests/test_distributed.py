@@ -274,3 +274,55 @@ def test_learned_method_loaded_once_per_worker(client, crop, tmp_path):
     film = [n for per_worker in loads.values() for k, n in per_worker.items()
             if k.startswith("film ")]
     assert film and all(n == 1 for n in film)  # 20 chunks, one load per worker
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MB file system (tmpfs) for the output; needs root (mount), as in CI."""
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+            capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root); the ENOSPC test above "
+                    "covers the logic")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_real_disk_full_mid_run_then_freed_resumes(crop, in_zarr, tmp_path, small_disk):
+    """The output's file system really fills up mid-run (another program writes a big file
+    after a few chunks): the run stops with a clear error, chunks written before stay, the
+    store says incomplete; once space is freed the same call finishes it with the same bytes
+    as an undisturbed run."""
+    kw = dict(chunks=(8, 64, 64), levels=2, workers=1, processes=False, retries=1)
+    ref = zd.reconstruct_to_zarr(in_zarr, tmp_path / "ref.zarr", "linear", 4, **kw)
+    filler = small_disk / "someone_elses_file.bin"
+
+    def fill_disk_after_4(done, total):
+        if done >= 4 and not filler.exists():
+            with open(filler, "wb") as fh:
+                try:
+                    while True:
+                        fh.write(b"\xff" * 65536)
+                except OSError:  # ENOSPC: the disk is full now
+                    pass
+
+    out = small_disk / "out.zarr"
+    with pytest.raises(zd.ReconstructionFailed, match="No space left.*rerun"):
+        zd.reconstruct_to_zarr(in_zarr, out, "linear", 4, progress=fill_disk_after_4, **kw)
+    assert dict(zarr.open_group(str(out), mode="r").attrs)["zup"]["status"] == "incomplete"
+    kept = sum(len(os.listdir(out / zd.DONE_GROUP / lv)) for lv in ("0", "1"))
+    assert kept >= 4
+    for lv in ("0", "1"):  # every marked chunk is whole (zarr writes chunk files atomically)
+        for name in os.listdir(out / zd.DONE_GROUP / lv):
+            assert (out / lv / name).read_bytes() == (ref / lv / name).read_bytes()
+
+    filler.unlink()
+    seen = []
+    zd.reconstruct_to_zarr(in_zarr, out, "linear", 4, progress=lambda d, n: seen.append(d), **kw)
+    assert seen[0] == kept
+    a, b = _chunk_bytes(ref), _chunk_bytes(out)
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)

@@ -52,7 +52,7 @@ import numpy as np
 
 from . import __version__, grid, io
 from .engine import ReconstructionCancelled, render_output_block, validate_volume
-from .engine import _window as _read_window  # the engine's own tile read window
+from .engine import read_window  # the engine's own tile read window
 from .methods.base import create_method, dtype_value_range, get_info
 from .pyramid import auto_levels, downsample_yx, level_shape
 
@@ -573,8 +573,8 @@ def _level0_jobs(in_shape, out_shape, f, chunks, geom) -> Iterator[_ChunkJob]:
             ys = slice(y, min(y + cy, h))
             for ix, x in enumerate(range(0, w, cx)):
                 xs = slice(x, min(x + cx, w))
-                region = (z0, z1, *_read_window(ys, halo, min_tile, h),
-                          *_read_window(xs, halo, min_tile, w))
+                region = (z0, z1, *read_window(ys, halo, min_tile, h),
+                          *read_window(xs, halo, min_tile, w))
                 yield _ChunkJob((iz, iy, ix), (i0, i1), ys, xs, region, parts)
 
 

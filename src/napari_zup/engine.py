@@ -180,8 +180,8 @@ def render_output_block(
     z1 = min(k_hi + method.z_context, n_z - 1)
     halo = method.halo()
     min_extent = method.min_tile()
-    y0, y1 = _window(ys, halo, min_extent, h)
-    x0, x1 = _window(xs, halo, min_extent, w)
+    y0, y1 = read_window(ys, halo, min_extent, h)
+    x0, x1 = read_window(xs, halo, min_extent, w)
     block = np.asarray(volume[z0:z1 + 1, y0:y1, x0:x1])
     crop = (slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0))
 
@@ -204,7 +204,7 @@ def render_output_block(
     return out, flows
 
 
-def _window(sl: slice, halo: int, min_extent: int, size: int) -> tuple[int, int]:
+def read_window(sl: slice, halo: int, min_extent: int, size: int) -> tuple[int, int]:
     """Read window of a tile: the tile plus ``halo`` each side, grown to ``min_extent`` when
     the method needs a minimum size (Farnebäck drops pyramid levels on small images),
     clipped to the volume."""
