@@ -303,12 +303,14 @@ def test_real_disk_full_mid_run_then_freed_resumes(crop, in_zarr, tmp_path, smal
 
     def fill_disk_after_4(done, total):
         if done >= 4 and not filler.exists():
-            with open(filler, "wb") as fh:
-                try:
-                    while True:
-                        fh.write(b"\xff" * 65536)
-                except OSError:  # ENOSPC: the disk is full now
-                    pass
+            fd = os.open(filler, os.O_WRONLY | os.O_CREAT)  # unbuffered: nothing left to flush
+            try:
+                while True:
+                    os.write(fd, b"\xff" * 65536)
+            except OSError:  # ENOSPC: the disk is full now
+                pass
+            finally:
+                os.close(fd)
 
     out = small_disk / "out.zarr"
     with pytest.raises(zd.ReconstructionFailed, match="No space left.*rerun"):
