@@ -433,8 +433,8 @@ class TrainWidget(DockWidget):
             import torch
 
             try:
-                st = torch.load(str(self._resume_file(resume)), map_location="cpu",
-                                weights_only=True)
+                state_file = str(self._resume_file(resume))
+                st = torch.load(state_file, weights_only=True, map_location="cpu")
                 start_step = int(st.get("step", 0))
             except Exception as exc:
                 notify_error(f"Train: cannot continue from {resume}.state.pt: {exc}")
