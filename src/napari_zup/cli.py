@@ -221,7 +221,7 @@ def _reconstruct_distributed(args, vol, factor, params, voxel, meta) -> int:
         nonlocal progress
         if progress is None:  # the first report: chunks found finished by a resumed run
             progress = _StderrProgress(total, "reconstruct", unit="chunks", done=done)
-            if done:
+            if 0 < done < total:
                 print(f"zup: resuming {args.output}: {done} of {total} chunks already "
                       "written", file=sys.stderr)
         progress.update(done - progress.progress.done)
