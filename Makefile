@@ -1,4 +1,4 @@
-# napari-zup: `make run` and `make test` work on a fresh machine (Debian/Ubuntu, Python >= 3.10).
+# napari-zup: `make run` and `make test` work on a fresh machine (Debian/Ubuntu, Python >= 3.11).
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,10 +13,11 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PIP) install -q -U pip
 
-# torch first (a CPU build is on disk here); then the project with every extra.
+# torch first (a CPU build is on disk here); then the project with every extra, and a Qt
+# binding for napari (the package itself does not force one on a user's environment).
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[napari,distributed,testing]"
+	$(PIP) install -q -e ".[napari,distributed,testing]" PyQt6
 	touch $(STAMP)
 
 install: $(STAMP)

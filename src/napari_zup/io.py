@@ -318,9 +318,15 @@ def _write_tiff(tmp: Path, items, shape, dtype, voxel_size, unit, metadata, nbyt
 def ome_zarr_attrs(shape, voxel_size, unit, metadata=None, n_levels: int = 1) -> dict:
     """OME-Zarr 0.4 multiscales attributes (levels downsampled 2x in y/x each)."""
     scale = list(voxel_size) if voxel_size else [1.0, 1.0, 1.0]
-    datasets = [{"path": str(i), "coordinateTransformations": [
-        {"type": "scale", "scale": [scale[0], scale[1] * 2 ** i, scale[2] * 2 ** i]}]}
-        for i in range(n_levels)]
+    datasets = []
+    for i in range(n_levels):
+        d = 2 ** i
+        # A level-i pixel is the mean of d x d level-0 pixels (pyramid.downsample_yx): its
+        # centre lies (d - 1) / 2 level-0 pixels in from theirs, so levels stay aligned.
+        datasets.append({"path": str(i), "coordinateTransformations": [
+            {"type": "scale", "scale": [scale[0], scale[1] * d, scale[2] * d]},
+            {"type": "translation",
+             "translation": [0.0, scale[1] * (d - 1) / 2, scale[2] * (d - 1) / 2]}]})
     attrs = {"multiscales": [{
         "version": "0.4",
         "name": "zup",
