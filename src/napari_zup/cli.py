@@ -132,10 +132,11 @@ def _add_farneback(p):
 # -- commands ---------------------------------------------------------------------------------
 
 def cmd_methods(args) -> int:
-    from .devices import available_devices
+    from .devices import available_devices, likely_devices
 
     rows = [("name", "kind", "factors", "checkpoint", "devices", "description")]
-    here = set(available_devices())
+    # torch takes seconds to import: guess its devices unless asked to probe them.
+    here = set(available_devices() if args.probe else likely_devices())
     for info in method_infos():
         factors = "any > 1" if info.fractional else "integer >= 2"
         devices = ", ".join(d for d in info.devices if d in here) or "cpu"
@@ -252,45 +253,100 @@ def _reconstruct_distributed(args, vol, factor, params, voxel, meta) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
-    from .evaluation import evaluate_method, format_table
+#: ``zup evaluate``'s default methods: the classical and optical-flow ones (seconds on any
+#: stack); ``--methods all`` adds the learned ones with their bundled checkpoints.
+DEFAULT_EVAL_METHODS = "linear,cubic,of-linear,of-cubic"
 
-    vol = _read(args.input)
-    factor = resolve_factor(args.factor, vol)
-    if factor.denominator != 1:
-        _fail("evaluate needs an integer factor (it keeps every F-th slice)")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+
+def _eval_methods(text: str) -> list[str]:
+    """``--methods``: comma-separated names, or ``all`` = every registered method."""
+    if text.strip().lower() == "all":
+        return [info.name for info in method_infos()]
+    methods = [m.strip() for m in text.split(",") if m.strip()]
     for m in methods:
         try:
             get_info(m)
         except ValueError as exc:
             _fail(str(exc))
+    if not methods:
+        _fail("--methods: give at least one method (or 'all')")
+    return methods
+
+
+def cmd_evaluate(args) -> int:
+    from .devices import select_device
+    from .evaluation import (SELF_EVAL_LABEL, degrade, evaluate_method, format_table,
+                             parse_degradation, self_evaluate)
+
+    vol = _read(args.input)
+    if args.self_eval:
+        if args.factor is not None and str(args.factor).strip() != "2":
+            _fail("--self always evaluates at factor 2 (it keeps every second section); "
+                  "drop --factor")
+        factor = 2
+    else:
+        if args.factor is None:
+            _fail("evaluate needs --factor F on an isotropic stack (every F-th slice is kept), "
+                  "or --self on an anisotropic one")
+        f = resolve_factor(args.factor, vol)
+        if f.denominator != 1:
+            _fail("evaluate needs an integer factor (it keeps every F-th slice)")
+        factor = int(f)
+    methods = _eval_methods(args.methods)
+    params = parse_params(args)
+    learned = [m for m in methods if get_info(m).needs_checkpoint]
+    if params.get("checkpoint") and len(learned) > 1:
+        _fail(f"--checkpoint applies to one learned method, but {', '.join(learned)} are "
+              "selected; evaluate them one at a time with --checkpoint")
+    try:
+        steps = parse_degradation(args.degrade)
+        device = select_device(params.get("device", "auto")) if learned else "cpu"
+        if args.self_eval:
+            validate_volume(vol.data)
+    except ValueError as exc:
+        _fail(str(exc))
     if args.maps:
         maps_dir = Path(args.maps)
         maps_dir.mkdir(parents=True, exist_ok=True)
     if args.json:
         check_output_path_json(Path(args.json), args.overwrite)
     g = np.asarray(vol.data)
-    params = parse_params(args)
+    degradation = ",".join(f"{k}={v:g}" for k, v in steps) or None
+    if degradation:
+        g = degrade(g, degradation, args.seed)
+    what = SELF_EVAL_LABEL if args.self_eval else f"factor {factor}"
+    title = f"{what}: mean over restored slices" + (
+        f"; degraded copy: {degradation} (seed {args.seed})" if degradation else "")
     scores = {}
     for m in methods:
-        print(f"zup: evaluating {m} at x{int(factor)}", file=sys.stderr)
+        note = factor_warning(m, factor, params.get("checkpoint"))
+        if note:
+            print(f"zup: warning: {note}", file=sys.stderr)
+        print(f"zup: evaluating {m} ({what})", file=sys.stderr)
         try:
-            score, _, maps = evaluate_method(g, int(factor), m,
-                                             method_params=_method_params(m, params),
-                                             error_maps=bool(args.maps))
+            if args.self_eval:
+                score, _, maps = self_evaluate(g, m, method_params=_method_params(m, params),
+                                               error_maps=bool(args.maps))
+            else:
+                score, _, maps = evaluate_method(g, factor, m,
+                                                 method_params=_method_params(m, params),
+                                                 error_maps=bool(args.maps))
         except (ValueError, MemoryError) as exc:
             _fail(str(exc))
         scores[m] = score
         if args.maps:
-            write_volume(maps_dir / f"error_{m}_x{int(factor)}.tif", maps,
+            write_volume(maps_dir / f"error_{m}_x{factor}.tif", maps,
                          vol.voxel_size, vol.unit, overwrite=True,
                          metadata={"what": "|R - G| in [0, 1] units, 0 on knots"})
-    print(format_table(scores, int(factor)))
+    print(format_table(scores, factor, title))
     if args.json:
         payload = {m: s.summary() for m, s in scores.items()}
-        payload["_protocol"] = {"factor": int(factor), "input": str(args.input),
-                                "device": "cpu", "napari_zup": __version__}
+        payload["_protocol"] = {
+            "protocol": "self-evaluation" if args.self_eval else "drop-and-restore",
+            "label": SELF_EVAL_LABEL if args.self_eval else f"factor {factor}",
+            "factor": factor, "degradation": degradation,
+            "seed": args.seed if degradation else None, "input": str(args.input),
+            "device": device, "napari_zup": __version__}
         Path(args.json).write_text(json.dumps(payload, indent=2))
         print(f"zup: wrote {args.json}", file=sys.stderr)
     return 0
@@ -418,7 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"napari-zup {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("methods", help="list the reconstruction methods")
+    mt = sub.add_parser("methods", help="list the reconstruction methods")
+    mt.add_argument("--probe", action="store_true", help="ask torch which devices work here "
+                    "(slower; without it: a CUDA build of torch and an NVIDIA driver = cuda)")
 
     r = sub.add_parser("reconstruct", help="make an anisotropic stack isotropic")
     r.add_argument("input", help="TIFF stack (ImageJ/OME metadata) or Zarr/OME-Zarr")
@@ -452,16 +510,30 @@ def build_parser() -> argparse.ArgumentParser:
                    "1024 x 1024 in y/x for of-linear/of-cubic)")
     d.add_argument("--no-resume", action="store_true", help="do not reuse finished chunks")
 
-    e = sub.add_parser("evaluate", help="drop-and-restore scores on an isotropic stack "
-                       "(../shared/EVALUATION.md protocol)")
-    e.add_argument("input", help="an isotropic stack (ground truth)")
-    e.add_argument("--factor", "-f", required=True, help="integer factor: every F-th slice "
-                   "is kept")
-    e.add_argument("--methods", default="linear,cubic,of-linear,of-cubic",
-                   help="comma-separated methods")
+    e = sub.add_parser("evaluate", help="score methods on your data: drop-and-restore on an "
+                       "isotropic stack, or --self on an anisotropic one (protocol: "
+                       "docs/evaluation.md)")
+    e.add_argument("input", help="an isotropic stack (ground truth), or with --self an "
+                   "anisotropic stack of real sections")
+    e.add_argument("--factor", "-f", default=None, help="integer factor: every F-th slice "
+                   "is kept (required without --self; --self always uses 2)")
+    e.add_argument("--self", dest="self_eval", action="store_true", help="self-evaluation on "
+                   "a real anisotropic stack: keep every second section, restore the others "
+                   "and score them against the real ones. Scores are at twice the real "
+                   "spacing (2 x s): they rank the methods on your data, they are not the "
+                   "quality at the real spacing. Needs >= 5 sections")
+    e.add_argument("--methods", default=DEFAULT_EVAL_METHODS,
+                   help="comma-separated methods, or 'all' = every method of `zup methods` "
+                   "(learned ones with their bundled checkpoints; minutes on a CPU). "
+                   f"Default: {DEFAULT_EVAL_METHODS}")
+    e.add_argument("--degrade", metavar="SPEC", help="robustness: score on a degraded copy "
+                   "made before decimation, e.g. noise=8 (Gaussian sigma, grey levels), "
+                   "gamma=0.7,contrast=0.6, brightness=-20, poisson=200 (counts at full "
+                   "scale), thick=4 (each slice the mean of 4 z-neighbours)")
+    e.add_argument("--seed", type=int, default=0, help="random seed of --degrade (default 0)")
     e.add_argument("--json", help="write scores as JSON here")
     e.add_argument("--maps", help="write per-method error maps |R-G| (TIFF) into this folder")
-    e.add_argument("--checkpoint", help="checkpoint for learned methods")
+    e.add_argument("--checkpoint", help="checkpoint for a learned method (one at a time)")
     e.add_argument("--device", default="auto")
     e.add_argument("--param", action="append", metavar="KEY=VALUE")
     e.add_argument("--overwrite", action="store_true")
