@@ -1,6 +1,13 @@
 """Compute device selection for learned methods: auto picks cuda, then mps, then cpu."""
 from __future__ import annotations
 
+import importlib.util
+import os
+import platform
+import re
+import sys
+from pathlib import Path
+
 
 def available_devices() -> list[str]:
     """Devices usable here, best first (always ends with ``"cpu"``)."""
@@ -31,3 +38,25 @@ def select_device(device: str | None = "auto") -> str:
             f"device {device!r} is not available here; available: {', '.join(available_devices())}"
         )
     return str(device)
+
+
+def likely_devices() -> list[str]:
+    """Devices torch would use here, guessed without importing torch (it takes seconds).
+
+    Exact when torch is already imported; otherwise cuda = a CUDA build of torch and an NVIDIA
+    driver present, mps = Apple silicon. ``zup methods --probe`` asks torch itself.
+    """
+    if "torch" in sys.modules:
+        return available_devices()
+    devices = []
+    spec = importlib.util.find_spec("torch")
+    if spec is not None and spec.submodule_search_locations:
+        version = Path(list(spec.submodule_search_locations)[0]) / "version.py"
+        text = version.read_text() if version.exists() else ""
+        cuda_build = re.search(r"^cuda\s*(?::[^=]*)?=\s*['\"]", text, re.M) is not None
+        if cuda_build and (os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")):
+            devices.append("cuda")
+        if sys.platform == "darwin" and platform.machine() == "arm64":
+            devices.append("mps")
+    devices.append("cpu")
+    return devices
