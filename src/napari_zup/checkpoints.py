@@ -106,11 +106,24 @@ def _load_safetensors(path: Path, device: str):
             f"checkpoint {path.name!r} has no napari-zup metadata; it was not written by "
             "napari_zup.checkpoints.save_checkpoint"
         )
-    try:
-        meta = json.loads(header["zup"])
-    except json.JSONDecodeError:
-        raise CheckpointError(f"checkpoint {path.name!r} has unreadable metadata") from None
-    return state_dict, meta
+    return state_dict, _parse_metadata(path, header["zup"])
+
+
+def _parse_metadata(path: Path, meta) -> dict[str, Any]:
+    """The checkpoint's metadata as a dict, or :class:`CheckpointError` naming what is wrong."""
+    if isinstance(meta, (str, bytes)):
+        try:
+            meta = json.loads(meta)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(
+                f"checkpoint {path.name!r} has metadata that is not valid JSON ({exc}); the "
+                "file was edited or damaged: use the bundled model or train it again") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(
+            f"checkpoint {path.name!r} has metadata that is a JSON {type(meta).__name__}, not "
+            "an object; the file was not written by napari_zup.checkpoints.save_checkpoint: "
+            "use the bundled model or train it again")
+    return meta
 
 
 def _load_torch(path: Path, device: str):
@@ -134,10 +147,11 @@ def _load_torch(path: Path, device: str):
             f"checkpoint {path.name!r} is not a napari-zup checkpoint "
             "(expected a dict with 'state_dict' and 'metadata')"
         )
-    meta = obj["metadata"]
-    if isinstance(meta, str):
-        meta = json.loads(meta)
-    return obj["state_dict"], meta
+    state = obj["state_dict"]
+    if not isinstance(state, dict) or not all(hasattr(v, "detach") for v in state.values()):
+        raise CheckpointError(f"checkpoint {path.name!r} has a 'state_dict' that is not a "
+                              "mapping of tensors; it is not a napari-zup checkpoint")
+    return state, _parse_metadata(path, obj["metadata"])
 
 
 def default_checkpoint(method: str) -> Path | None:
@@ -147,7 +161,8 @@ def default_checkpoint(method: str) -> Path | None:
 
 
 def read_metadata(path) -> dict[str, Any]:
-    """Metadata of a checkpoint without loading its tensors (for model cards and widgets)."""
+    """Metadata of a checkpoint, checked like :func:`load_checkpoint` (its tensors are read and
+    hashed: a model card never describes a corrupted file)."""
     return load_checkpoint(path)[1]
 
 

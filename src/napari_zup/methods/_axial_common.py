@@ -192,6 +192,24 @@ class PairSampler:
         return lr, hr, pos.astype(np.float32), f
 
 
+def bound_rows(out, lr, positions, radius: int = 2):
+    """Anchor restored rows to their inputs: clamp ``out`` (B, 1, P, W) at ``positions`` (P,)
+    to the range of the two ``lr`` (B, 1, n, W) rows around each position, within
+    ``radius`` columns. A model cannot invent intensities its inputs do not have nearby, so
+    flat planes stay exactly flat; structure between the two rows passes unchanged."""
+    import torch
+    import torch.nn.functional as F
+
+    n = lr.shape[2]
+    k, p = (1, 2 * radius + 1), (0, radius)
+    hi, lo = F.max_pool2d(lr, k, 1, p), -F.max_pool2d(-lr, k, 1, p)
+    k0 = torch.clamp(torch.floor(positions), 0, max(n - 2, 0)).long()
+    k1 = torch.clamp(k0 + 1, max=n - 1)
+    hi = torch.maximum(hi[:, :, k0], hi[:, :, k1]).to(out.dtype)
+    lo = torch.minimum(lo[:, :, k0], lo[:, :, k1]).to(out.dtype)
+    return torch.minimum(torch.maximum(out, lo), hi)
+
+
 # -- the Method base ---------------------------------------------------------------------------
 
 class AxialMethod(Method):
@@ -254,7 +272,8 @@ class AxialMethod(Method):
         with torch.inference_mode():
             for s in range(0, planes.shape[0], self.batch_planes):
                 x = torch.from_numpy(planes[s:s + self.batch_planes][:, None]).to(self.device)
-                out[s:s + self.batch_planes] = self.model(x, pos, cell)[:, 0].float().cpu().numpy()
+                y = bound_rows(self.model(x, pos, cell), x, pos)
+                out[s:s + self.batch_planes] = y[:, 0].float().cpu().numpy()
         return out
 
     def render(self, block, positions, *, value_range, want_flows=False):

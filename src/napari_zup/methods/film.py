@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._torch_common import LearnedPairMethod, backward_warp, upsample_flow
+from ._torch_common import (LearnedPairMethod, backward_warp, bound_to_local_range,
+                            upsample_flow)
 from .base import MethodInfo
 
 DEFAULT_ARCH = {
@@ -139,6 +140,7 @@ class FilmNet(nn.Module):
         tc = t4.clamp(1e-3, 1 - 1e-3)
         m = torch.sigmoid(torch.log((1 - tc) / tc) + head[:, :1])
         out = m * wa0 + (1 - m) * wb0 + head[:, 1:2]
+        out = bound_to_local_range(out, (wa0, wb0))  # anchored: flat stays flat
         fl0 = flows_per_level[0]
         # displacement first knot -> second knot seen at the output slice's location
         return out, fl0[:, 2:] - fl0[:, :2]

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._torch_common import (LearnedPairMethod, ModulatedDeformConv, backward_warp,
-                            upsample_flow)
+                            bound_to_local_range, upsample_flow)
 from .base import MethodInfo
 
 DEFAULT_ARCH = {
@@ -193,6 +193,7 @@ class TsainNet(nn.Module):
         tc = t4.clamp(1e-3, 1 - 1e-3)
         m = torch.sigmoid(torch.log((1 - tc) / tc) + head[:, :1])
         out = m * wa + (1 - m) * wb + head[:, 1:2]
+        out = bound_to_local_range(out, (wa, wb))  # anchored: flat stays flat
         flow = mb - ma
         return out, flow
 
