@@ -1,6 +1,7 @@
 """Compare widget: several methods on the same layer, side by side in napari's grid mode."""
 from __future__ import annotations
 
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
@@ -14,11 +15,14 @@ from ..methods import get_info
 from ._common import (
     DockWidget,
     LayerCombo,
-    MethodChecks,
     anisotropy,
     layer_problem,
+    layer_volume,
     notify_error,
+    notify_warning,
+    wrap_label,
 )
+from ._methods import MethodPicker
 from ._run import StreamingRun
 
 #: dims.order of the last three axes (z, y, x) for each view; napari shows the last two.
@@ -31,27 +35,57 @@ def set_orientation(viewer, view: str) -> None:
     viewer.dims.order = tuple(range(lead)) + tuple(lead + a for a in ORIENTATIONS[view])
 
 
-def show_names(layers, visible=True) -> None:
-    """Write each layer's name in its grid panel (napari >= 0.9)."""
+def show_names(viewer, layers) -> None:
+    """Write each layer's name in its grid panel (napari >= 0.9). The names go away again
+    when grid mode is left, by any button (see :func:`hide_names`)."""
+    named = _NAMED.setdefault(id(viewer), [])
+    if id(viewer) not in _HOOKED:
+        _HOOKED.add(id(viewer))
+        viewer.canvas.grid.events.enabled.connect(
+            lambda e, v=viewer: None if v.canvas.grid.enabled else hide_names(v))
     for lay in layers:
         overlay = getattr(lay, "name_overlay", None)
         if overlay is not None:
             overlay.font_size = 9
-            overlay.visible = visible
+            overlay.visible = True
+            if lay not in named:
+                named.append(lay)
+
+
+def hide_names(viewer) -> None:
+    """Remove the panel names written by :func:`show_names` (leaving grid mode)."""
+    for lay in _NAMED.pop(id(viewer), []):
+        overlay = getattr(lay, "name_overlay", None)
+        if overlay is not None:
+            overlay.visible = False
+
+
+#: Layers whose name overlay napari-zup turned on, per viewer (id).
+_NAMED: dict[int, list] = {}
+_HOOKED: set[int] = set()
 
 
 class CompareWidget(DockWidget):
     """Run the checked methods one after the other on one layer; show the results (and the
     input) side by side in grid mode with one camera, the same contrast limits and names
     "<layer> · <method> ×F". The xz / yz buttons turn every panel to a side view, where
-    methods differ most."""
+    methods differ most.
+
+    The panels have a fixed order decided at Run (the input, then the methods in the order of
+    the list), whatever order and speed the results arrive in: every layout step places all
+    the layers of the comparison from that order, and the final layout is made once all runs
+    have ended.
+    """
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
         self.runs: list[StreamingRun] = []
         self.results = []
+        self.slots: list[str] = []
+        self._slot_runs: dict[str, StreamingRun] = {}
         self._queue: list[str] = []
         self._hidden = []
+        self._scheduled = False
         form = QFormLayout()
         self.layer_combo = LayerCombo(self.viewer)
         self.factor_spin = QDoubleSpinBox()
@@ -61,9 +95,11 @@ class CompareWidget(DockWidget):
         form.addRow("image", self.layer_combo)
         form.addRow("factor", self.factor_spin)
         self.layout().addLayout(form)
-        self.methods = MethodChecks(checked=("linear", "cubic", "of-linear"),
-                                    include_learned=False)
+        self.methods = MethodPicker(checked=("linear", "cubic", "of-linear"))
         self.layout().addWidget(self.methods)
+        self.factor_note = wrap_label()
+        self.factor_note.setStyleSheet("color: #e8a33d")
+        self.layout().addWidget(self.factor_note)
         self.hide_others = QCheckBox("show only the input and the results")
         self.hide_others.setChecked(True)
         self.layout().addWidget(self.hide_others)
@@ -86,6 +122,11 @@ class CompareWidget(DockWidget):
         self.layout().addStretch(1)
 
         self.layer_combo.currentIndexChanged.connect(self._prefill_factor)
+        self.factor_spin.valueChanged.connect(self._update_notes)
+        for box in self.methods.boxes.values():
+            box.toggled.connect(self._update_notes)
+        for combo in self.methods.checkpoint_combos.values():
+            combo.currentIndexChanged.connect(self._update_notes)
         self.run_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
         self._prefill_factor()
@@ -94,10 +135,16 @@ class CompareWidget(DockWidget):
         layer = self.layer_combo.layer()
         if layer is not None and layer_problem(layer) is None and anisotropy(layer) > 1.0005:
             self.factor_spin.setValue(round(anisotropy(layer), 3))
+        self._update_notes()
+
+    def _update_notes(self, *_):
+        notes = self.methods.factor_notes(self.methods.selected(), self.factor_spin.value())
+        self.factor_note.setText("\n".join(notes))
+        self.factor_note.setVisible(bool(notes))
 
     @property
     def running(self) -> bool:
-        return bool(self._queue) or any(r.running for r in self.runs)
+        return bool(self._queue) or self._scheduled or any(r.running for r in self.runs)
 
     def start(self):
         if self.running:
@@ -118,7 +165,24 @@ class CompareWidget(DockWidget):
             notify_error(f"Compare: {', '.join(bad)} support only integer factors, got "
                          f"{float(factor):g}; set a whole number or uncheck them")
             return False
-        self._layer, self._factor = layer, factor
+        n = layer_volume(layer).shape[0]
+        short = [m for m in methods if n < get_info(m).min_slices]
+        if short:
+            notify_error(f"Compare: {', '.join(short)} need at least "
+                         f"{max(get_info(m).min_slices for m in short)} slices; the layer has "
+                         f"{n}: uncheck them")
+            return False
+        try:
+            params = {m: self.methods.params(m) for m in methods}
+        except ValueError as exc:
+            notify_error(f"Compare: {exc}")
+            return False
+        for note in self.methods.factor_notes(methods, factor):
+            notify_warning(f"Compare: {note}")
+        self._layer, self._factor, self._params = layer, factor, params
+        self._labels = {m: self.methods.label(m) for m in methods}
+        self.slots = list(methods)  # the panel order, fixed now
+        self._slot_runs = {}
         self._queue = list(methods)
         self.results = []
         self._n_methods = len(methods)
@@ -131,16 +195,19 @@ class CompareWidget(DockWidget):
         return True
 
     def _next(self):
+        self._scheduled = False
         if not self._queue:
             self._all_done()
             return
         method = self._queue.pop(0)
-        run = StreamingRun(self.viewer, self._layer, method, self._factor, follow=False,
+        name = f"{self._layer.name} · {self._labels[method]} ×{float(self._factor):g}"
+        run = StreamingRun(self.viewer, self._layer, method, self._factor,
+                           method_params=self._params.get(method), follow=False, name=name,
                            on_progress=self._on_progress, on_done=self._on_done)
         self.runs.append(run)
+        self._slot_runs[method] = run
         run.start()
-        self.results.append(run.layer)
-        self._show_grid()
+        self._layout()
 
     def cancel(self):
         self._queue = []
@@ -149,34 +216,65 @@ class CompareWidget(DockWidget):
                 r.cancel()
 
     def _on_progress(self, run):
-        self.status.setText(f"{run.method} ({len(self.results)}/{self._n_methods}): "
-                            f"{run.progress}")
+        k = self.slots.index(run.method) + 1 if run.method in self.slots else 0
+        self.status.setText(f"{run.method} ({k}/{self._n_methods}): {run.progress}")
 
     def _on_done(self, run):
-        self.progress_bar.setValue(sum(r.status == "done" for r in self.runs[-len(self.results):]))
+        self.progress_bar.setValue(sum(r.status == "done" for r in self._slot_runs.values()))
         if run.status != "done":
             self._queue = []
-        self._next()
+        # Next run from the event loop, never from inside this run's callbacks (a short run
+        # can end inside StreamingRun.start(), whose progress bar processes events).
+        if not self._scheduled:
+            self._scheduled = True
+            QTimer.singleShot(0, self._next)
 
     def _all_done(self):
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         self.progress_bar.setVisible(False)
-        done = [r for r in self.runs[-len(self.results):] if r.status == "done"]
-        self.status.setText(
-            f"{len(done)} of {self._n_methods} methods done; grid view with one camera. "
-            "xz / yz show the side views.")
+        self._layout()  # the final layout, from the final set of results
+        done = [m for m in self.slots
+                if m in self._slot_runs and self._slot_runs[m].status == "done"]
+        missing = [m for m in self.slots if m not in done]
+        text = (f"{len(done)} of {self._n_methods} methods done; grid view with one camera, "
+                f"panels: input, {', '.join(done) or 'none'}. xz / yz show the side views.")
+        if missing:
+            text += f" Not done: {', '.join(missing)}."
+        self.status.setText(text)
 
-    def _show_grid(self):
-        keep = [self._layer] + self.results
+    def result_layers(self) -> list:
+        """The comparison's result layers, in slot order (those still in the viewer)."""
+        out = []
+        for m in self.slots:
+            run = self._slot_runs.get(m)
+            if run is not None and run.layer is not None and run.layer in self.viewer.layers:
+                out.append(run.layer)
+        return out
+
+    def _layout(self):
+        """Place the input and every result in its slot: layer list positions 0, 1, ... (the
+        grid fills from the bottom layer), others hidden, one contrast, names in the panels."""
+        layer = self._layer
+        layers = self.viewer.layers
+        if layer not in layers:
+            return
+        self.results = self.result_layers()
+        keep = [layer] + self.results
+        for dest, lay in enumerate(keep):
+            src = layers.index(lay)
+            if src != dest:
+                layers.move(src, dest)
         if self.hide_others.isChecked():
-            for lay in self.viewer.layers:
+            for lay in layers:
                 if lay not in keep and lay.visible:
                     lay.visible = False
                     self._hidden.append(lay)
+        for lay in keep:
+            lay.visible = True
         for lay in self.results:
-            lay.contrast_limits = tuple(self._layer.contrast_limits)
-        show_names(keep)
+            lay.contrast_limits = tuple(layer.contrast_limits)
+        show_names(self.viewer, keep)
         self.viewer.canvas.grid.stride = 1
         self.viewer.canvas.grid.enabled = True
 
