@@ -57,7 +57,13 @@ def read_volume(path, level: int = 0, lazy: bool | None = None) -> Volume:
 
     ``lazy``: None = numpy for small TIFFs, dask above 1 GiB (Zarr is always lazy).
     ``level``: the OME-Zarr multiscale level to open (0 = full resolution).
+    A folder or glob of 2D slices, ``file.h5:/dataset`` and MRC go to :mod:`napari_zup.formats`.
     """
+    from .formats import format_of, read_format
+
+    kind = format_of(path)
+    if kind:
+        return read_format(path, kind, lazy)
     p = Path(path)
     if not p.exists():
         raise VolumeReadError(f"{str(p)!r} does not exist")
@@ -66,8 +72,9 @@ def read_volume(path, level: int = 0, lazy: bool | None = None) -> Volume:
     if p.suffix.lower() in (".tif", ".tiff", ".btf", ".tf8"):
         return _read_tiff(p, lazy)
     raise VolumeReadError(
-        f"{p.name!r}: unsupported file type; napari-zup reads .tif/.tiff stacks and "
-        ".zarr / OME-Zarr folders"
+        f"{p.name!r}: unsupported file type; napari-zup reads .tif/.tiff stacks, .zarr / "
+        "OME-Zarr, a folder or glob of .tif/.png slices, .h5/.hdf5 (file.h5:/dataset) and "
+        ".mrc/.rec/.map"
     )
 
 
