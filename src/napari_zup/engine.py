@@ -151,6 +151,16 @@ def _tiles(shape_yx, tile) -> list[tuple[slice, slice]]:
             for y in range(0, h, ty) for x in range(0, w, tx)]
 
 
+def plan_slabs(n_slices: int, factor, method: Method) -> list[list[int]]:
+    """Output indices grouped into the z-slabs the engine renders in one call each:
+    ``method.slab_intervals`` knot intervals per slab (the streaming engine's unit of work and
+    the lazy array's z-chunks, so that both compute exactly the same blocks)."""
+    groups = grid.intervals(n_slices, factor)
+    step = max(1, method.slab_intervals)
+    return [[i for _, items in groups[s:s + step] for i, _ in items]
+            for s in range(0, len(groups), step)]
+
+
 # -- the one block function -----------------------------------------------------------------------
 
 def render_output_block(
@@ -253,10 +263,7 @@ def iter_reconstruct(
     if method_obj.max_workers:
         workers = min(workers, method_obj.max_workers)
     tiles = _tiles(plan.in_shape[1:], plan.tile)
-    groups = grid.intervals(plan.in_shape[0], plan.factor)
-    step = max(1, method_obj.slab_intervals)
-    slabs = [[i for _, items in groups[s:s + step] for i, _ in items]
-             for s in range(0, len(groups), step)]
+    slabs = plan_slabs(plan.in_shape[0], plan.factor, method_obj)
 
     def job(indices, tile, dest):
         if cancel is not None and cancel.is_set():
@@ -335,11 +342,18 @@ def check_fits_in_memory(nbytes: int, what: str = "the output", fraction: float 
         )
 
 
-def reconstruct(volume, method: str | Method = "linear", factor=2, **kwargs) -> np.ndarray:
+def reconstruct(volume, method: str | Method = "linear", factor=2, *, lazy: bool = False,
+                **kwargs):
     """The whole reconstructed volume as a numpy array (see :func:`iter_reconstruct`).
 
     Refuses (MemoryError, with advice) when the output would not fit in free memory.
+    ``lazy=True``: a dask array instead, whose chunks compute only when read
+    (:func:`napari_zup.lazy.lazy_reconstruct`; any output size).
     """
+    if lazy:
+        from .lazy import lazy_reconstruct
+
+        return lazy_reconstruct(volume, method, factor, **kwargs)
     f = grid.parse_factor(factor)
     validate_volume(volume)
     out_shape = (grid.output_length(int(volume.shape[0]), f),) + tuple(volume.shape[1:])
