@@ -18,12 +18,88 @@ def crop():
     return tifffile.imread(need(SAMPLE1))[:12, :64, :80]
 
 
-def test_get_reader_claims_tiff_and_zarr_only(tmp_path):
-    assert get_reader(str(tmp_path / "a.tif")) is read_layer_data
-    assert get_reader(str(tmp_path / "a.TIFF")) is read_layer_data
-    assert get_reader(str(tmp_path / "a.zarr")) is read_layer_data
+def test_get_reader_claims_the_formats_it_reads_only(tmp_path):
+    for name in ("a.tif", "a.TIFF", "a.zarr", "a.h5", "a.HDF5", "a.hdf", "a.mrc", "a.rec",
+                 "a.map", "a.h5:/volumes/raw"):
+        assert get_reader(str(tmp_path / name)) is read_layer_data, name
     assert get_reader(str(tmp_path / "a.png")) is None
     assert get_reader([str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]) is None
+    slices = tmp_path / "slices"
+    slices.mkdir()
+    assert get_reader(str(slices)) is None  # an empty folder is no volume
+    tifffile.imwrite(slices / "s1.tif", np.zeros((4, 4), np.uint8))
+    assert get_reader(str(slices)) is read_layer_data
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("x")
+    assert get_reader(str(other)) is None
+
+
+def _slices(folder, stack, voxel=None):
+    folder.mkdir()
+    for z, sl in enumerate(stack):  # unpadded numbers: natural order is not lexical order
+        kw = {}
+        if voxel:
+            kw = {"imagej": True, "resolution": (1 / voxel[2], 1 / voxel[1]),
+                  "metadata": {"spacing": voxel[0], "unit": "nm"}}
+        tifffile.imwrite(folder / f"z{z + 1}.tif", sl, **kw)
+    return folder
+
+
+def test_viewer_opens_a_slice_folder_with_scale_and_units(make_napari_viewer, tmp_path, crop):
+    folder = _slices(tmp_path / "slices", crop, (40.0, 10.0, 10.0))
+    viewer = make_napari_viewer()
+    layer, = viewer.open(str(folder), plugin="napari-zup")
+    np.testing.assert_array_equal(np.asarray(layer.data), crop)
+    assert tuple(layer.scale) == pytest.approx((40.0, 10.0, 10.0))
+    assert tuple(str(u) for u in layer.units) == ("nanometer",) * 3
+    assert layer.name == "slices"
+
+
+def test_viewer_opens_every_3d_dataset_of_an_hdf5_file(make_napari_viewer, tmp_path, crop):
+    import h5py
+
+    p = tmp_path / "sample_A.hdf"
+    labels = (crop > 128).astype(np.uint64)
+    with h5py.File(p, "w") as f:
+        f.create_dataset("volumes/raw", data=crop).attrs["resolution"] = (40.0, 4.0, 4.0)
+        f.create_dataset("volumes/labels/neuron_ids", data=labels).attrs["resolution"] = (
+            40.0, 4.0, 4.0)
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(p), plugin="napari-zup")
+    by_name = {lay.name: lay for lay in layers}
+    raw = by_name["sample_A.hdf:/volumes/raw"]
+    ids = by_name["sample_A.hdf:/volumes/labels/neuron_ids"]
+    assert type(raw).__name__ == "Image" and type(ids).__name__ == "Labels"
+    np.testing.assert_array_equal(np.asarray(raw.data), crop)
+    np.testing.assert_array_equal(np.asarray(ids.data), labels)
+    for lay in (raw, ids):
+        assert tuple(lay.scale) == pytest.approx((40.0, 4.0, 4.0))
+    # napari's open() wants an existing path; the reader itself also takes "file:/dataset"
+    (data, kw, kind), = read_layer_data(f"{p}:/volumes/raw")
+    assert kind == "image" and kw["name"] == "sample_A.hdf:/volumes/raw"
+
+
+def test_viewer_opens_mrc_with_header_voxel_size(make_napari_viewer, tmp_path, crop):
+    import mrcfile
+
+    p = tmp_path / "tomo.mrc"
+    with mrcfile.new(p) as m:
+        m.set_data(crop.astype(np.int16))
+        m.voxel_size = (40.0, 40.0, 160.0)  # x, y, z in Ångström
+    viewer = make_napari_viewer()
+    layer, = viewer.open(str(p), plugin="napari-zup")
+    assert tuple(layer.scale) == pytest.approx((16.0, 4.0, 4.0))
+    np.testing.assert_array_equal(np.asarray(layer.data), crop)
+
+
+def test_reader_error_names_the_odd_slice(tmp_path, crop):
+    from napari_zup.io import VolumeReadError
+
+    folder = _slices(tmp_path / "odd", crop)
+    tifffile.imwrite(folder / "z5.tif", crop[4, :-2])
+    with pytest.raises(VolumeReadError, match="'z5.tif' is"):
+        read_layer_data(str(folder))
 
 
 def test_reader_gives_scale_units_and_lazy_data_for_real_stack():
