@@ -149,7 +149,47 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def _choose_auto(args) -> str:
+    """``--method auto``: self-evaluate every method on a bounded sample of the input
+    (:func:`napari_zup.selection.choose_method`), print the table and the choice with its
+    reason, and return the chosen method's name."""
+    from .selection import choose_method
+
+    raw = parse_params(args)
+    if raw.get("checkpoint"):
+        _fail("--method auto scores the bundled checkpoints; to use your own, name the "
+              "method: --method NAME --checkpoint FILE")
+    if not (getattr(args, "workers", None) or getattr(args, "scheduler", None)):
+        try:  # refuse before the (slower) choice, not after it
+            check_output_path(Path(args.output), args.overwrite)
+        except (ValueError, OSError) as exc:
+            _fail(str(exc))
+    vol = _read(args.input, args.input_level)
+    try:
+        validate_volume(vol.data)
+    except ValueError as exc:
+        _fail(str(exc))
+    factor = resolve_factor(args.factor, vol)
+    names = [i.name for i in method_infos()]
+    print(f"zup: --method auto: self-evaluating {len(names)} methods on a sample of the stack "
+          "(docs/evaluation.md)", file=sys.stderr)
+
+    def on_progress(done, total, text):
+        print(f"zup: {text} ({done}/{total})", file=sys.stderr, flush=True)
+
+    try:
+        choice = choose_method(vol.data, factor, method_params={
+            m: _method_params(m, raw) for m in names}, on_progress=on_progress)
+    except ValueError as exc:
+        _fail(str(exc))
+    print(choice.table)
+    print(f"auto chose {choice.method}: {choice.reason}", flush=True)
+    return choice.method
+
+
 def cmd_reconstruct(args) -> int:
+    if args.method == "auto":  # choose by self-evaluation on a sample, then run the winner
+        args.method = _choose_auto(args)
     try:
         get_info(args.method)
     except ValueError as exc:
@@ -482,8 +522,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("input", help="TIFF stack (ImageJ/OME metadata) or Zarr/OME-Zarr")
     r.add_argument("output", help="output .tif (ImageJ hyperstack; BigTIFF when large) or "
                    ".zarr (OME-Zarr)")
-    r.add_argument("--method", "-m", default="of-linear", help="see `zup methods` "
-                   "(default of-linear)")
+    r.add_argument("--method", "-m", default="of-linear", help="see `zup methods`, or "
+                   "'auto' = self-evaluate every method on a sample of the stack (a few "
+                   "crops and sections, <= ~20%% of the run's time), print the scores and "
+                   "the choice, then run the winner (default of-linear)")
     r.add_argument("--factor", "-f", default="auto", help="z upsampling factor: a number "
                    "> 1 (e.g. 4 or 2.5) or 'auto' = round(z step / pixel size) (default)")
     r.add_argument("--input-level", type=int, default=0, help="OME-Zarr input: multiscale "

@@ -1,0 +1,246 @@
+"""``--method auto``: pick the method for a stack by self-evaluating every candidate on a small
+sample of it (docs/evaluation.md, "Self-evaluation").
+
+The sample is a run of at most :data:`MAX_SECTIONS` sections from the middle of the stack and
+one to :data:`MAX_CROPS` crops of :data:`CROP` x :data:`CROP` pixels. Crops are added one at a
+time while the time spent stays within :data:`BUDGET` (20 %) of the estimated time of the
+reconstruction with the method that is winning so far; the first crop is always scored.
+
+Ranking: highest PSNR, SSIM breaking ties (PSNR within :data:`TIE_DB`). A learned method
+(one that needs a checkpoint) is chosen only when it beats the best classical/optical-flow
+method in PSNR *and* SSIM; otherwise that classical/optical-flow method is chosen, and the
+reason says why. Qt-free: the CLI and the Reconstruct widget both call :func:`choose_method`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import grid
+from .checkpoints import factor_warning
+from .engine import ReconstructionCancelled
+from .evaluation import (SELF_EVAL_LABEL, SELF_EVAL_MIN_SECTIONS, MethodScore, format_table,
+                         self_evaluate)
+from .methods.base import create_method, get_info, method_infos
+
+#: y/x edge of a sample crop, most crops, most sections of the sample.
+CROP = 256
+MAX_CROPS = 4
+MAX_SECTIONS = 9
+#: Most time the choice may take, as a fraction of the estimated reconstruction time.
+BUDGET = 0.2
+#: PSNR differences below this (dB) are ties, broken by SSIM.
+TIE_DB = 0.1
+
+
+@dataclass
+class Choice:
+    """What :func:`choose_method` picked and why."""
+
+    method: str
+    reason: str
+    scores: dict[str, MethodScore]
+    table: str
+    #: where the sample came from: sections, crops, time spent and the budget estimate
+    sample: str
+    #: candidates that were not scored, with the reason
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def is_learned(name: str) -> bool:
+    """A learned method: it needs a checkpoint (from the method's MethodInfo)."""
+    return bool(get_info(name).needs_checkpoint)
+
+
+def sample_sections(n: int, most: int = MAX_SECTIONS) -> slice:
+    """A run of at most ``most`` sections (odd count, so B = S[::2] keeps both ends) from the
+    middle of a stack of ``n`` sections."""
+    k = min(n, most)
+    if k % 2 == 0:
+        k -= 1
+    start = (n - k) // 2
+    return slice(start, start + k)
+
+
+def sample_crops(h: int, w: int, size: int = CROP, most: int = MAX_CROPS):
+    """Top-left corners of up to ``most`` distinct ``size`` crops: the centre first, then the
+    centres of the quadrants (one crop = the whole slice when it is not larger than ``size``)."""
+    ch, cw = min(h, size), min(w, size)
+    centres = [(h / 2, w / 2), (h / 4, w / 4), (3 * h / 4, 3 * w / 4), (h / 4, 3 * w / 4),
+               (3 * h / 4, w / 4)]
+    out: list[tuple[int, int]] = []
+    for cy, cx in centres:
+        y = int(min(max(round(cy - ch / 2), 0), h - ch))
+        x = int(min(max(round(cx - cw / 2), 0), w - cw))
+        if (y, x) not in out:
+            out.append((y, x))
+        if len(out) == most:
+            break
+    return out, (ch, cw)
+
+
+def _merge(parts: list[MethodScore]) -> MethodScore:
+    """Scores of several crops as one: slice-weighted means, concatenated per-slice lists."""
+    n = np.array([p.n_slices for p in parts], float)
+    w = n / n.sum()
+
+    def mean(attr):
+        return float(sum(wi * getattr(p, attr) for wi, p in zip(w, parts)))
+
+    per_slice: dict[str, list[float]] = {}
+    for p in parts:
+        for k, v in p.per_slice.items():
+            per_slice.setdefault(k, []).extend(v)
+    return MethodScore(psnr=mean("psnr"), ssim=mean("ssim"), fpsnr=mean("fpsnr"),
+                       ie=mean("ie"), seconds_per_slice=mean("seconds_per_slice"),
+                       n_slices=int(n.sum()), texture=mean("texture"), per_slice=per_slice)
+
+
+def _best(names: list[str], scores: dict[str, MethodScore]) -> str | None:
+    """Highest PSNR; among those within TIE_DB of it, highest SSIM."""
+    if not names:
+        return None
+    top = max(scores[m].psnr for m in names)
+    tied = [m for m in names if scores[m].psnr >= top - TIE_DB]
+    return max(tied, key=lambda m: (scores[m].ssim, scores[m].psnr))
+
+
+def _fmt(m: str, s: MethodScore) -> str:
+    return f"{m} {s.psnr:.2f} dB / SSIM {s.ssim:.3f}"
+
+
+def rank(scores: dict[str, MethodScore]) -> tuple[str, str]:
+    """(method, reason) from self-evaluation ``scores`` by the rule of this module."""
+    learned = [m for m in scores if is_learned(m)]
+    classic = [m for m in scores if m not in learned]
+    c = _best(classic, scores)
+    if c is None:
+        m = _best(learned, scores)
+        return m, (f"{m}: best self-evaluation score ({_fmt(m, scores[m])}); no classical or "
+                   "optical-flow method was among the candidates")
+    cs = scores[c]
+    beat = [m for m in learned if scores[m].psnr > cs.psnr and scores[m].ssim > cs.ssim]
+    if beat:
+        m = _best(beat, scores)
+        return m, (f"{m}: {_fmt(m, scores[m])}, above the best classical/optical-flow method "
+                   f"({_fmt(c, cs)}) in both PSNR and SSIM")
+    reason = f"{c}: best classical/optical-flow method ({_fmt(c, cs)})"
+    higher = [m for m in learned if scores[m].psnr > cs.psnr or scores[m].ssim > cs.ssim]
+    if higher:
+        m = _best(higher, scores)
+        s = scores[m]
+        which = "PSNR but not SSIM" if s.psnr > cs.psnr else "SSIM but not PSNR"
+        reason += (f"; {m} scored higher in {which} ({_fmt(m, s)}), and a learned method is "
+                   f"chosen only when it beats {c} in both")
+    elif learned:
+        m = _best(learned, scores)
+        reason += f"; no learned method scored above it (best: {_fmt(m, scores[m])})"
+    return c, reason
+
+
+def _skip_reason(name: str, factor, n_sections: int, params: dict) -> str | None:
+    info = get_info(name)
+    f = grid.parse_factor(factor)
+    if f.denominator != 1 and not info.fractional:
+        return f"supports only integer factors, not x{float(f):g}"
+    if info.min_slices > n_sections // 2 + 1:
+        return f"needs at least {info.min_slices} sections, the sample keeps {n_sections // 2 + 1}"
+    note = factor_warning(name, f, params.get("checkpoint"))
+    if note:
+        return f"outside its checkpoint's factor range ({note.split(';')[0]})"
+    return None
+
+
+def choose_method(volume, factor, *, candidates=None, method_params=None, cancel=None,
+                  on_progress=None) -> Choice:
+    """Self-evaluate ``candidates`` (default: every registered method) on a bounded sample of
+    ``volume`` (z, y, x; numpy or dask) and pick one for reconstructing it at ``factor``.
+
+    ``method_params``: method name -> parameters (as for :func:`evaluation.evaluate`).
+    ``cancel``: a threading.Event (raises engine.ReconstructionCancelled when set).
+    ``on_progress(done, total, text)`` after each candidate on each crop (``total`` is an
+    upper bound: fewer crops may be scored, the last call has ``done == total``).
+    Raises ValueError when the stack has fewer than 5 sections or no candidate can run.
+    """
+    t_start = time.perf_counter()
+    shape = tuple(int(s) for s in np.shape(volume))
+    if len(shape) != 3:
+        raise ValueError(f"auto needs a 3D stack (z, y, x), got shape {shape}")
+    z, h, w = shape
+    if z < SELF_EVAL_MIN_SECTIONS:
+        raise ValueError(
+            f"auto chooses by self-evaluation, which needs at least {SELF_EVAL_MIN_SECTIONS} "
+            f"sections; this stack has {z}. Pick a method instead (see `zup methods`)")
+    f = grid.parse_factor(factor)
+    method_params = method_params or {}
+    names = list(candidates) if candidates is not None else [i.name for i in method_infos()]
+    zs = sample_sections(z)
+    n_sec = zs.stop - zs.start
+    skipped: dict[str, str] = {}
+    runnable = []
+    for m in names:
+        why = _skip_reason(m, f, n_sec, method_params.get(m) or {})
+        if why:
+            skipped[m] = why
+        else:
+            runnable.append(m)
+    corners, (ch, cw) = sample_crops(h, w)
+    n_restored_full = len(grid.restored_output_indices(z, f))
+    area_ratio = (h * w) / (ch * cw)
+    parts: dict[str, list[MethodScore]] = {m: [] for m in runnable}
+    methods = {}
+    total, done = len(runnable) * len(corners), 0
+    n_crops, estimate = 0, float("nan")
+    try:
+        for y, x in corners:
+            if n_crops:  # add a crop only while the budget still allows one more
+                spent = time.perf_counter() - t_start
+                if spent / n_crops * (n_crops + 1) > BUDGET * estimate:
+                    break
+            crop = np.asarray(volume[zs, y:y + ch, x:x + cw])
+            for m in list(runnable):
+                if cancel is not None and cancel.is_set():
+                    raise ReconstructionCancelled("auto choice cancelled")
+                try:
+                    if m not in methods:
+                        methods[m] = create_method(m, **(method_params.get(m) or {}))
+                    score = self_evaluate(crop, methods[m], cancel=cancel)[0]
+                except (ValueError, RuntimeError, OSError, MemoryError) as exc:
+                    skipped[m] = f"failed on the sample: {exc}"
+                    runnable.remove(m)
+                    parts.pop(m, None)
+                    continue
+                finally:
+                    done += 1
+                    if on_progress is not None:
+                        on_progress(done, total, f"auto: {m}, crop {n_crops + 1}")
+                parts[m].append(score)
+            n_crops += 1
+            if not parts:
+                break
+            merged = {m: _merge(p) for m, p in parts.items()}
+            winner, _ = rank(merged)
+            # time per restored crop slice -> the whole reconstruction with the winner
+            estimate = merged[winner].seconds_per_slice * area_ratio * n_restored_full
+    finally:
+        for obj in methods.values():
+            obj.close()
+    if not parts:
+        raise ValueError("auto: no candidate method could run on this stack: " + "; ".join(
+            f"{m}: {r}" for m, r in skipped.items()))
+    scores = {m: _merge(p) for m, p in parts.items()}
+    method, reason = rank(scores)
+    seconds = time.perf_counter() - t_start
+    sample = (f"sections {zs.start}-{zs.stop - 1} of {z}, {n_crops} crop(s) of {ch} x {cw} "
+              f"of {h} x {w}; {seconds:.1f} s")
+    if estimate > 0:
+        sample += (f", about {seconds / estimate:.0%} of the estimated {estimate:.0f} s "
+                   f"reconstruction with {method}")
+    lines = [format_table(scores, 2, f"auto: {SELF_EVAL_LABEL}, {sample}")]
+    lines += [f"{m:<12} skipped: {r}" for m, r in skipped.items()]
+    return Choice(method=method, reason=reason + " (scores at twice the real spacing)",
+                  scores=scores, table="\n".join(lines), sample=sample, skipped=skipped,
+                  seconds=seconds)
