@@ -248,12 +248,18 @@ def test_evaluate_shows_the_same_numbers_as_evaluate_method(qtbot, make_napari_v
         np.testing.assert_array_equal(w.restored_layers[m].data, recon)
         np.testing.assert_allclose(w.error_layers[m].data, maps)
         assert tuple(w.error_layers[m].scale) == pytest.approx(tuple(layer.scale))
-        assert w.error_layers[m].blending == "additive"
+        assert w.error_layers[m].blending == "translucent"
     limits = {tuple(w.error_layers[m].contrast_limits) for m in w.error_layers}
     assert len(limits) == 1  # one contrast for every method
     assert w.scores["of-linear"].psnr > w.scores["linear"].psnr  # flow helps on real EM
-    lines = w.ax.get_lines()
-    assert len([ln for ln in lines if ln.get_label() in ("linear", "of-linear")]) == 2
+    # one line per method: mean SSIM at each of the F - 1 positions between kept slices
+    lines = {ln.get_label(): ln for ln in w.ax.get_lines()}
+    for m in ("linear", "of-linear"):
+        ps = w.scores[m].per_slice
+        want = [np.mean([v for i, v in zip(ps["index"], ps["ssim"]) if i % 4 == k])
+                for k in (1, 2, 3)]
+        np.testing.assert_allclose(lines[m].get_ydata(), want)
+        np.testing.assert_allclose(lines[m].get_xdata(), [0.25, 0.5, 0.75])
 
 
 def test_flow_widget_updates_when_a_parameter_changes(qtbot, viewer_with_sample):

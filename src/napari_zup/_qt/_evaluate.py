@@ -1,8 +1,11 @@
 """Evaluate widget: the drop-and-restore protocol of ../shared/EVALUATION.md on an isotropic
-layer, with restored layers, error maps |R - G|, a metrics table and SSIM along z.
+layer, or self-evaluation on an anisotropic one (keep every second section, restore the
+others, score against the real ones), with restored layers, error maps |R - G| (one method at
+a time), a metrics table and the mean SSIM by position between knots.
 
-All numbers come from :func:`napari_zup.evaluation.evaluate_method` (the same function as
-``zup evaluate``); the widget only displays them.
+All numbers come from :func:`napari_zup.evaluation.evaluate_method` /
+:func:`napari_zup.evaluation.self_evaluate` (the functions behind ``zup evaluate`` and
+``zup evaluate --self``); the widget only displays them.
 """
 from __future__ import annotations
 
@@ -11,8 +14,11 @@ import time
 
 import numpy as np
 from qtpy.QtWidgets import (
+    QComboBox,
     QFormLayout,
+    QHBoxLayout,
     QHeaderView,
+    QLabel,
     QPushButton,
     QSpinBox,
     QTableWidget,
@@ -20,26 +26,69 @@ from qtpy.QtWidgets import (
 )
 
 from .. import grid
-from ..evaluation import decimate, evaluate_method
 from ..engine import ReconstructionCancelled
+from ..evaluation import (
+    SELF_EVAL_LABEL,
+    SELF_EVAL_MIN_SECTIONS,
+    decimate,
+    evaluate_method,
+    self_evaluate,
+)
 from ._common import (
     DockWidget,
     LayerCombo,
-    MethodChecks,
+    anisotropy,
     iterate_callbacks,
     layer_problem,
     layer_units,
     layer_volume,
     notify_error,
     notify_info,
+    notify_warning,
     start_worker,
     unique_name,
     wrap_label,
 )
+from ._methods import MethodPicker
 
 COLUMNS = ("method", "PSNR dB", "SSIM", "F-PSNR dB", "IE", "s/slice")
 #: Error maps share one contrast: 0 .. this percentile of all methods' restored errors.
 ERROR_PERCENTILE = 99.9
+#: Layers whose z step / pixel size exceeds this get self-evaluation by default.
+ANISOTROPIC = 1.5
+_SHORT_UNITS = {"nanometer": "nm", "micrometer": "µm", "millimeter": "mm", "angstrom": "Å"}
+MODE_DROP = "drop and restore (isotropic layer)"
+MODE_SELF = "self-evaluation (anisotropic layer)"
+
+
+def error_colormap():
+    """Colormap of the error maps: transparent for small errors, then inferno's bright half
+    with rising opacity, so the EM stays visible where a method is right."""
+    from matplotlib import colormaps
+    from napari.utils.colormaps import Colormap
+
+    t = np.linspace(0.0, 1.0, 32)
+    colors = colormaps["inferno"](0.35 + 0.65 * t)
+    colors[:, 3] = np.clip((t - 0.08) / 0.5, 0.0, 1.0) ** 0.8
+    return Colormap(colors=colors, controls=t, name="zup error |R-G|")
+
+
+def colorbar_css(cmap) -> str:
+    """A Qt style sheet drawing ``cmap`` as a horizontal gradient (the dock's colour bar)."""
+    stops = ", ".join(
+        f"stop:{c:.3f} rgba({int(255 * r)}, {int(255 * g)}, {int(255 * b)}, {int(255 * a)})"
+        for c, (r, g, b, a) in zip(cmap.controls, cmap.colors))
+    return ("background: qlineargradient(x1:0, y1:0, x2:1, y2:0, " + stops + ");"
+            "border: 1px solid #606060;")
+
+
+def ssim_by_position(score, factor: int) -> dict[int, float]:
+    """Mean SSIM of the restored slices at each position k (1 .. F-1) between two knots."""
+    ps = score.per_slice
+    by: dict[int, list[float]] = {}
+    for i, v in zip(ps["index"], ps["ssim"]):
+        by.setdefault(int(i) % factor, []).append(v)
+    return {k: float(np.mean(v)) for k, v in sorted(by.items()) if k}
 
 
 def score_cells(method: str, score) -> list[str]:
@@ -49,8 +98,9 @@ def score_cells(method: str, score) -> list[str]:
 
 
 class EvaluateWidget(DockWidget):
-    """Keep every F-th slice of an isotropic layer, restore the others with each checked
-    method and score them against the original slices."""
+    """Score the checked methods on a layer: drop and restore (keep every F-th slice of an
+    isotropic layer) or self-evaluation (keep every second section of an anisotropic one),
+    restoring the dropped slices with each method and scoring them against the real ones."""
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
@@ -59,25 +109,31 @@ class EvaluateWidget(DockWidget):
         self.error_layers: dict = {}
         self.error_limit = None
         self.worker = None
+        self._layer = None
         self._cancel = threading.Event()
         self._pbar = None
         self._in_pbar = False
         self._pbar_t = 0.0
+        self.cmap = error_colormap()
         form = QFormLayout()
         self.layer_combo = LayerCombo(self.viewer)
+        self.mode_combo = QComboBox()
+        self.mode_combo.addItems([MODE_DROP, MODE_SELF])
+        self.mode_combo.setToolTip(
+            "drop and restore: keep every F-th slice of an isotropic stack (ground truth "
+            "known). Self-evaluation: keep every second section of your anisotropic stack and "
+            "restore the others; scores are at twice the real spacing")
         self.factor_spin = QSpinBox()
         self.factor_spin.setRange(2, 32)
         self.factor_spin.setValue(4)
         self.factor_spin.setToolTip("keep every F-th slice (G[::F]), restore the others")
-        form.addRow("isotropic image", self.layer_combo)
+        form.addRow("image", self.layer_combo)
+        form.addRow("protocol", self.mode_combo)
         form.addRow("factor F", self.factor_spin)
         self.layout().addLayout(form)
-        self.layout().addWidget(wrap_label(
-            "Keeps every F-th slice, restores the others with each method and scores only "
-            "the restored slices against the original (PSNR, SSIM, Fourier PSNR, IE; "
-            "protocol of EVALUATION.md, numbers equal to zup evaluate)."))
-        self.methods = MethodChecks(checked=("linear", "cubic", "of-linear"),
-                                    include_learned=False)
+        self.mode_note = wrap_label()
+        self.layout().addWidget(self.mode_note)
+        self.methods = MethodPicker(checked=("linear", "cubic", "of-linear"))
         self.layout().addWidget(self.methods)
         self.add_run_buttons()
         self.add_progress()
@@ -85,9 +141,33 @@ class EvaluateWidget(DockWidget):
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setStretchLastSection(True)
         self._fit_table()
         self.layout().addWidget(self.table)
+
+        maps = QHBoxLayout()
+        self.map_combo = QComboBox()
+        self.map_combo.setToolTip("the method whose restored slices and error map are shown")
+        self.map_combo.currentTextChanged.connect(self.show_map)
+        maps.addWidget(QLabel("error map of"))
+        maps.addWidget(self.map_combo, 1)
+        self.layout().addLayout(maps)
+        bar = QHBoxLayout()
+        self.bar_lo = QLabel("0")
+        self.colorbar = QLabel()
+        self.colorbar.setFixedHeight(12)
+        self.colorbar.setStyleSheet(colorbar_css(self.cmap))
+        self.bar_hi = QLabel("–")
+        bar.addWidget(self.bar_lo)
+        bar.addWidget(self.colorbar, 1)
+        bar.addWidget(self.bar_hi)
+        self.layout().addLayout(bar)
+        self.bar_note = wrap_label("|R − G| in units of the intensity range; small errors are "
+                                   "transparent. One scale for every method.")
+        self.bar_note.setStyleSheet("color: #a0a0a0")
+        self.layout().addWidget(self.bar_note)
         self.side_button = QPushButton("side by side (one panel per method)")
         self.side_button.setToolTip("grid view: each method's restored slices with its error "
                                     "map on top, the ground truth in the last panel")
@@ -96,7 +176,44 @@ class EvaluateWidget(DockWidget):
         self._make_plot()
         self.run_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
-        self.viewer.dims.events.current_step.connect(self._update_cursor)
+        self.layer_combo.currentIndexChanged.connect(self._layer_changed)
+        self.mode_combo.currentTextChanged.connect(self._mode_changed)
+        self._layer_changed()
+
+    # -- form ---------------------------------------------------------------------------------
+
+    @property
+    def self_mode(self) -> bool:
+        return self.mode_combo.currentText() == MODE_SELF
+
+    def _layer_changed(self, *_):
+        layer = self.layer_combo.layer()
+        if layer is not None and layer_problem(layer) is None:
+            self.mode_combo.setCurrentText(
+                MODE_SELF if anisotropy(layer) > ANISOTROPIC else MODE_DROP)
+        self._mode_changed()
+
+    def _mode_changed(self, *_):
+        self.factor_spin.setEnabled(not self.self_mode)
+        layer = self.layer_combo.layer()
+        if not self.self_mode:
+            self.mode_note.setText(
+                "Keeps every F-th slice, restores the others with each method and scores only "
+                "the restored slices against the original (PSNR, SSIM, Fourier PSNR, IE; "
+                "protocol of EVALUATION.md, numbers equal to zup evaluate).")
+            return
+        spacing = ""
+        if layer is not None and layer_problem(layer) is None:
+            sz = float(layer.scale[-3])
+            unit = (layer_units(layer) or ("",))[-3]
+            unit = _SHORT_UNITS.get(unit, unit)
+            unit = "" if unit in ("pixel", "") else f" {unit}"
+            spacing = f" (z step {sz:g}{unit} → scored at {2 * sz:g}{unit})"
+        self.mode_note.setText(
+            "Self-evaluation: keeps every second section, restores the others with each "
+            "method and scores them against the real sections (zup evaluate --self). The "
+            f"scores are at twice the real spacing{spacing}: they rank the methods on this "
+            "stack, they are not the quality at the real spacing.")
 
     # -- plot ---------------------------------------------------------------------------------
 
@@ -104,12 +221,11 @@ class EvaluateWidget(DockWidget):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        self.figure = Figure(figsize=(4, 2.6), facecolor="#262930", layout="constrained")
+        self.figure = Figure(figsize=(4, 2.4), facecolor="#262930", layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(220)
+        self.canvas.setMinimumHeight(200)
         self.ax = self.figure.add_subplot()
         self._style_axes()
-        self._cursor = None
         self.layout().addWidget(self.canvas, 1)  # the plot takes the spare height
 
     def _style_axes(self):
@@ -118,64 +234,80 @@ class EvaluateWidget(DockWidget):
         for side in ax.spines.values():
             side.set_color("#9a9a9a")
         ax.tick_params(colors="#d0d0d0", labelsize=8)
-        ax.set_xlabel("z (output slice)", color="#d0d0d0", fontsize=9)
-        ax.set_ylabel("SSIM", color="#d0d0d0", fontsize=9)
+        ax.set_ylabel("mean SSIM", color="#d0d0d0", fontsize=9)
         ax.grid(alpha=0.2)
 
     def _plot(self):
+        """Mean SSIM per method at each position between two kept slices (F = 2: one bar
+        per method), legend outside the axes."""
         self.ax.clear()
         self._style_axes()
-        for m, s in self.scores.items():
-            ps = s.per_slice
-            self.ax.plot(ps["index"], ps["ssim"], ".-", ms=3, lw=1, label=m)
-        if self.scores:
+        f = getattr(self, "_factor", 2)
+        names = list(self.scores)
+        if names and f == 2:
+            vals = [ssim_by_position(self.scores[m], 2).get(1, np.nan) for m in names]
+            colors = [f"C{k}" for k in range(len(names))]
+            self.ax.bar(range(len(names)), vals, color=colors, label=None)
+            self.ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+            lo = np.nanmin(vals)
+            self.ax.set_ylim(max(0.0, lo - 0.1 * (1 - lo) - 0.02), min(1.0, np.nanmax(vals) + 0.02))
+            self.ax.set_title("restored sections", color="#d0d0d0", fontsize=9)
+        elif names:
+            for k, m in enumerate(names):
+                by = ssim_by_position(self.scores[m], f)
+                self.ax.plot([p / f for p in by], list(by.values()), "o-", ms=4, lw=1.5,
+                             color=f"C{k}", label=m)
+            self.ax.set_xlim(0, 1)
+            self.ax.set_xlabel("position between kept slices (0 and 1 = kept)",
+                               color="#d0d0d0", fontsize=9)
             self.ax.legend(fontsize=8, facecolor="#262930", labelcolor="#d0d0d0",
-                           edgecolor="#555555")
-        self._cursor = None
-        self._update_cursor()
-        self.canvas.draw_idle()
-
-    def _update_cursor(self, event=None):
-        layer = getattr(self, "_layer", None)
-        if not self.scores or layer is None or layer not in self.viewer.layers:
-            return
-        try:
-            z = float(layer.world_to_data(self.viewer.dims.point)[-3])
-        except Exception:  # noqa: BLE001 - a cursor is cosmetic
-            return
-        if self._cursor is None:
-            self._cursor = self.ax.axvline(z, color="#e8a33d", lw=1, alpha=0.8)
-        else:
-            self._cursor.set_xdata([z, z])
+                           edgecolor="#555555", loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                           borderaxespad=0.0)
         self.canvas.draw_idle()
 
     # -- run ----------------------------------------------------------------------------------
+
+    def _refuse(self, message: str) -> bool:
+        self.status.setText(f"<span style='color:#e8a33d'>{message}</span>")
+        notify_error(f"Evaluate: {message}")
+        return False
 
     def start(self):
         if self.worker is not None and self.worker.is_running:
             notify_error("Evaluate: an evaluation is already running; cancel it or wait")
             return False
         layer = self.layer_combo.layer()
-        f = self.factor_spin.value()
-        problem = layer_problem(layer, min_slices=f + 1)
+        self_mode = self.self_mode
+        f = 2 if self_mode else self.factor_spin.value()
+        problem = layer_problem(layer, min_slices=1)
         if problem:
-            notify_error(f"Evaluate: {problem}")
-            return False
+            return self._refuse(problem)
+        n = layer_volume(layer).shape[0]
+        if self_mode and n < SELF_EVAL_MIN_SECTIONS:
+            return self._refuse(
+                f"self-evaluation needs at least {SELF_EVAL_MIN_SECTIONS} sections (it keeps "
+                f"every second one and restores the others); layer {layer.name!r} has {n}")
+        if not self_mode and n < f + 1:
+            return self._refuse(f"layer {layer.name!r} has {n} slices; drop and restore at "
+                                f"×{f} needs at least {f + 1}")
         methods = self.methods.selected()
         if not methods:
-            notify_error("Evaluate: check at least one method")
-            return False
-        s = tuple(float(v) for v in layer.scale[-3:])
-        if abs(s[0] - s[1]) > 0.05 * s[1]:
+            return self._refuse("check at least one method")
+        try:
+            params = {m: self.methods.params(m) for m in methods}
+        except ValueError as exc:
+            return self._refuse(str(exc))
+        for note in self.methods.factor_notes(methods, f):
+            notify_warning(f"Evaluate: {note}")
+        if not self_mode and anisotropy(layer) > 1.05:
+            s = tuple(float(v) for v in layer.scale[-3:])
             notify_info(f"Evaluate: layer {layer.name!r} has voxel {s[0]:g}×{s[1]:g}×{s[2]:g}, "
-                        "not isotropic; the scores measure how well slices of this stack "
-                        "are restored, not isotropic quality")
+                        "not isotropic; drop and restore then measures slices "
+                        f"{f}× further apart than they are. Self-evaluation is meant for it")
         self._layer, self._factor, self._methods = layer, f, methods
-        self.scores, self.restored_layers, self.error_layers = {}, {}, {}
-        self.error_limit = None
-        self.table.setRowCount(0)
-        self._fit_table()
-        self._plot()
+        self._self_mode = self_mode
+        self._labels = {m: self.methods.label(m) for m in methods}
+        self._clear_results()
         ground_truth = layer_volume(layer)
         n_kept = len(range(0, ground_truth.shape[0], f))
         self._n_out = grid.output_length(n_kept, f)
@@ -186,23 +318,36 @@ class EvaluateWidget(DockWidget):
         self.progress_bar.setVisible(True)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
+        self.status.setText("")
         from napari.utils import progress
 
         self._pbar = progress(total=total, desc=f"evaluate ×{f}")
         self._done_slices = 0
-        self.worker = start_worker(self._job, ground_truth, f, methods, self._cancel,
-                                   on_yield=self._on_yield, on_return=self._on_return,
-                                   on_error=self._on_error)
+        self.worker = start_worker(self._job, ground_truth, f, methods, params, self_mode,
+                                   self._cancel, on_yield=self._on_yield,
+                                   on_return=self._on_return, on_error=self._on_error)
         return True
+
+    def _clear_results(self):
+        self.scores, self.restored_layers, self.error_layers = {}, {}, {}
+        self.error_limit = None
+        self.table.setRowCount(0)
+        self._fit_table()
+        self.map_combo.blockSignals(True)
+        self.map_combo.clear()
+        self.map_combo.blockSignals(False)
+        self.bar_hi.setText("–")
+        self._plot()
 
     def cancel(self):
         self._cancel.set()
 
     @staticmethod
-    def _job(ground_truth, factor, methods, cancel):
+    def _job(ground_truth, factor, methods, params, self_mode, cancel):
         g = np.asarray(ground_truth)
         for m in methods:
-            gen = iterate_callbacks(_evaluate_with_callback, g, factor, m, cancel)
+            gen = iterate_callbacks(_evaluate_with_callback, g, factor, m, params.get(m),
+                                    self_mode, cancel)
             while True:
                 try:
                     i = next(gen)
@@ -242,27 +387,52 @@ class EvaluateWidget(DockWidget):
         units = layer_units(layer)
         if units:
             kw["units"] = units
+        protocol = (SELF_EVAL_LABEL if self._self_mode
+                    else "EVALUATION.md: keep G[::F], restore, score restored")
         meta = {"zup": {"source_layer": layer.name, "method": method, "factor": f,
-                        "protocol": "EVALUATION.md: keep G[::F], restore, score restored",
-                        "scores": score.summary()}}
+                        "protocol": protocol, "scores": score.summary()}}
+        label = self._labels.get(method, method)
+        tag = "self-eval ×2" if self._self_mode else f"×{f}"
         self.restored_layers[method] = self.viewer.add_image(
-            recon, name=unique_name(self.viewer, f"{method} ×{f} restored"),
+            recon, name=unique_name(self.viewer, f"{label} {tag} restored"),
             contrast_limits=tuple(layer.contrast_limits), metadata=meta, **kw)
         self.error_layers[method] = self.viewer.add_image(
-            maps, name=unique_name(self.viewer, f"{method} ×{f} |R-G|"),
-            colormap="inferno", blending="additive", opacity=0.7, metadata=meta, **kw)
+            maps, name=unique_name(self.viewer, f"{label} {tag} |R-G|"),
+            colormap=self.cmap, blending="translucent", opacity=1.0, metadata=meta, **kw)
         # One contrast for all error maps so that brighter means larger error everywhere.
         restored = grid.restored_output_indices(len(decimate(layer_volume(layer), f)), f)
         hi = float(np.percentile(maps[restored], ERROR_PERCENTILE)) if len(restored) else 1.0
         self.error_limit = max(self.error_limit or 0.0, hi, 1e-3)
         for lay in self.error_layers.values():
             lay.contrast_limits = (0.0, self.error_limit)
+        self.bar_hi.setText(f"{self.error_limit:.3f}")
         row = self.table.rowCount()
         self.table.insertRow(row)
-        for c, text in enumerate(score_cells(method, score)):
+        for c, text in enumerate(score_cells(label, score)):
             self.table.setItem(row, c, QTableWidgetItem(text))
         self._fit_table()
         self._plot()
+        self.map_combo.addItem(method)
+        self.map_combo.setCurrentText(method)  # the newest result is the one shown
+        self.show_map(method)
+
+    def show_map(self, method: str):
+        """Single view: the input, and the restored slices and error map of ``method`` only."""
+        if method not in self.restored_layers:
+            return
+        layers = self.viewer.layers
+        if self.viewer.canvas.grid.enabled:
+            self.viewer.canvas.grid.enabled = False
+        for m in self.restored_layers:
+            for lay in (self.restored_layers[m], self.error_layers[m]):
+                if lay in layers:
+                    lay.visible = m == method
+        for lay in layers:  # older results and unrelated layers too
+            if lay is not self._layer and lay not in (self.restored_layers[method],
+                                                      self.error_layers[method]):
+                lay.visible = False
+        if self._layer in layers:
+            self._layer.visible = True
 
     def _fit_table(self):
         t = self.table
@@ -286,7 +456,7 @@ class EvaluateWidget(DockWidget):
             layers.move(layers.index(lay), dest)
         for lay in layers:
             lay.visible = lay in order
-        show_names([r for r, _ in pairs] + [self._layer])
+        show_names(self.viewer, [r for r, _ in pairs] + [self._layer])
         self.viewer.canvas.grid.stride = 2
         self.viewer.canvas.grid.enabled = True
 
@@ -303,12 +473,14 @@ class EvaluateWidget(DockWidget):
         if status == "cancelled":
             self.status.setText(f"cancelled; {len(self.scores)} of {len(self._methods)} "
                                 "methods scored")
-        else:
-            best = max(self.scores, key=lambda m: self.scores[m].psnr)
-            self.status.setText(f"{len(self.scores)} methods scored at ×{self._factor} over "
-                                f"{next(iter(self.scores.values())).n_slices} restored "
-                                f"slices; best PSNR: {best}. Error maps share the contrast "
-                                f"0..{self.error_limit:.3f}.")
+            return
+        best = max(self.scores, key=lambda m: self.scores[m].psnr)
+        what = (f"{SELF_EVAL_LABEL}: kept every second section and restored"
+                if self._self_mode else f"drop and restore at ×{self._factor} over")
+        self.status.setText(f"{len(self.scores)} methods scored, {what} "
+                            f"{next(iter(self.scores.values())).n_slices} slices; best PSNR: "
+                            f"{self._labels.get(best, best)}. Error maps share the scale "
+                            f"0..{self.error_limit:.3f}.")
 
     def _on_error(self, exc):
         self._finish()
@@ -316,6 +488,12 @@ class EvaluateWidget(DockWidget):
         notify_error(f"Evaluate failed: {exc}")
 
 
-def _evaluate_with_callback(g, factor, method, cancel, callback):
-    return evaluate_method(g, factor, method, keep_output=True, error_maps=True,
-                           cancel=cancel, on_slice=lambda i, sl: callback(i))
+def _evaluate_with_callback(g, factor, method, params, self_mode, cancel, callback):
+    def on_slice(i, sl):
+        return callback(i)
+
+    if self_mode:
+        return self_evaluate(g, method, method_params=params, cancel=cancel,
+                             on_slice=on_slice, keep_output=True, error_maps=True)
+    return evaluate_method(g, factor, method, method_params=params, keep_output=True,
+                           error_maps=True, cancel=cancel, on_slice=on_slice)
