@@ -51,3 +51,35 @@ def test_one_slice_reads_only_its_knots_and_tile(stack):
     assert zs == {(9, 13)}  # the interval's two knots and cubic's one knot each side
     ys = {(k[1].start, k[1].stop) for k in vol.reads}
     assert ys == {(0, 64)} and len(vol.reads) == 1
+
+
+def test_on_demand_volume_never_blocks_and_fills_in(stack):
+    import threading
+    import time
+
+    from napari_zup.lazy import OnDemandVolume
+
+    eager = reconstruct(stack, "of-linear", 4, method_params={"winsize": 21, "levels": 2},
+                        tile_size=64)
+    arrived = threading.Event()
+    view = OnDemandVolume(lazy_reconstruct(stack, "of-linear", 4, tile_size=64,
+                                           method_params={"winsize": 21, "levels": 2}),
+                          on_ready=arrived.set, placeholder=0)
+    try:
+        t0 = time.perf_counter()
+        first = view[57]  # nothing computed yet: placeholder, at once
+        assert time.perf_counter() - t0 < 0.1
+        assert first.shape == eager[57].shape and not first.any()
+        deadline = time.time() + 120
+        while not view.ready(57) and time.time() < deadline:
+            arrived.wait(1)
+            arrived.clear()
+        assert view.ready(57)
+        np.testing.assert_array_equal(view[57], eager[57])
+        np.testing.assert_array_equal(view[57, 10:70, 30:100], eager[57, 10:70, 30:100])
+        assert not view.ready(3)  # other slabs were not computed
+        xz = view[:, 40]  # an xz plane: placeholder where not yet computed
+        assert xz.shape == (eager.shape[0], eager.shape[2])
+        np.testing.assert_array_equal(xz[56:60], eager[56:60, 40])
+    finally:
+        view.close()
