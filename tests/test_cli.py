@@ -24,6 +24,35 @@ def zup(*args, check=True):
     return proc
 
 
+def popen_ctrl_c_able(cmd, **kw):
+    """Popen for a child that a test will Ctrl-C. When pytest itself runs in the background
+    (`pytest &` from a script, nohup), SIGINT is inherited as *ignored*, and Python leaves an
+    ignored SIGINT ignored: the child would never see the Ctrl-C. The child is the user's
+    `zup` in a terminal, so it starts with the default disposition (Python then installs its
+    KeyboardInterrupt handler). zup itself keeps an inherited SIG_IGN: that is how a
+    background job is asked not to die on Ctrl-C."""
+    import signal
+
+    return subprocess.Popen(cmd, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                  signal.SIG_DFL), **kw)
+
+
+def test_ctrl_c_able_child_gets_sigint_even_when_the_runner_ignores_it():
+    import signal
+
+    probe = [sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGINT) is "
+             "signal.default_int_handler)"]
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under `pytest &`
+    try:
+        plain = subprocess.run(probe, capture_output=True, text=True).stdout.strip()
+        fixed = popen_ctrl_c_able(probe, stdout=subprocess.PIPE, text=True)
+        out = fixed.communicate(timeout=60)[0].strip()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert plain == "False"  # what the Ctrl-C test saw before: SIGINT stayed ignored
+    assert out == "True"
+
+
 def test_methods_table_lists_every_method():
     out = zup("methods").stdout
     for name in ("nearest", "linear", "cubic", "of-linear", "of-cubic"):
@@ -32,15 +61,18 @@ def test_methods_table_lists_every_method():
 
 
 def test_reconstruct_real_sstem_with_auto_factor(tmp_path):
-    out = tmp_path / "isbi_x12.tif"
+    """50 nm / 4 nm: --factor auto is the exact 12.5 (of-linear takes fractional factors),
+    said on stderr with the resulting voxel size, not silently rounded to 12."""
+    out = tmp_path / "isbi_x12.5.tif"
     proc = zup("reconstruct", need(ISBI), out, "--method", "of-linear", "--factor", "auto",
                "--montage", tmp_path / "m.png")
     assert "slices/s" in proc.stderr and "ETA" in proc.stderr
+    assert "--factor auto: 12.5;" in proc.stderr and "-> 4 x 4 x 4 nm" in proc.stderr
     v = read_volume(out)
-    assert v.data.shape == (349, 512, 512)  # (30 - 1) * 12 + 1
-    assert v.voxel_size == pytest.approx((50 / 12, 4.0, 4.0))
+    assert v.data.shape == (363, 512, 512)  # floor((30 - 1) * 12.5) + 1
+    assert v.voxel_size == pytest.approx((4.0, 4.0, 4.0))
     src = tifffile.imread(ISBI)
-    np.testing.assert_array_equal(np.asarray(v.data)[::12], src)
+    np.testing.assert_array_equal(np.asarray(v.data)[::25], src[::2])  # the knots
     assert (tmp_path / "m.png").stat().st_size > 10_000
 
 
@@ -102,7 +134,8 @@ def test_bad_inputs_are_refused_and_nothing_written(tmp_path):
     noscale = tmp_path / "noscale.tif"
     tifffile.imwrite(noscale, np.zeros((4, 32, 32), np.uint8))
     proc = zup("reconstruct", noscale, tmp_path / "o.tif", check=False)
-    assert proc.returncode == 2 and "records no voxel size" in proc.stderr
+    assert proc.returncode == 2 and "voxel size is unknown" in proc.stderr
+    assert "--voxel-size" in proc.stderr
     corrupt = tmp_path / "corrupt.tif"
     corrupt.write_bytes(b"II*\x00" + b"\x00" * 50)
     proc = zup("reconstruct", corrupt, tmp_path / "o.tif", "--factor", "2", check=False)
@@ -171,7 +204,7 @@ def test_ctrl_c_then_the_same_command_resumes_bit_identically(tmp_path):
     assert total == 12 * 3 * 3
 
     cmd = [sys.executable, "-m", "napari_zup.cli", *[str(out if a is None else a) for a in args]]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = popen_ctrl_c_able(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
     markers = out / "zup_done" / "0"
     deadline = time.monotonic() + 300
     while not (markers.is_dir() and len(os.listdir(markers)) >= 5):

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,16 +22,12 @@ import numpy as np
 from . import __version__, grid
 from .checkpoints import factor_warning
 from .engine import Progress, iter_reconstruct, make_plan, validate_volume
-from .io import Volume, VolumeReadError, check_output_path, read_volume, write_volume
+from .io import (Volume, VolumeReadError, check_not_input, check_output_path, output_dtype,
+                 output_voxel_size, read_volume, write_volume)
 from .methods.base import create_method, get_info, method_infos
 
 #: `zup train METHOD ...` is handed to "module:function"(method, argv) of the learned methods.
-TRAINERS = {
-    "film": "napari_zup.training.interp:main",
-    "tsain": "napari_zup.training.interp:main",
-    "niiv": "napari_zup.training.axial:main",
-    "a2i": "napari_zup.training.axial:main",
-}
+TRAINERS = {m: "napari_zup.training.cli:main" for m in ("film", "tsain", "niiv", "a2i")}
 
 
 class CLIError(Exception):
@@ -42,18 +40,25 @@ def _fail(msg: str) -> None:
 
 # -- helpers ----------------------------------------------------------------------------------
 
-def resolve_factor(text: str, volume: Volume) -> grid.Fraction:
-    """``--factor``: a number, or ``auto`` = round(z step / xy pixel size) from metadata."""
+def resolve_factor(text: str, volume: Volume, method: str | None = None) -> grid.Fraction:
+    """``--factor``: a number, or ``auto`` = z step / xy pixel size from the voxel size
+    (:func:`napari_zup.grid.auto_factor`: exact for methods with fractional factors, rounded
+    for the others); ``auto`` prints what it chose and the resulting voxel size."""
     if str(text).strip().lower() == "auto":
-        a = volume.anisotropy
-        if a is None:
-            _fail(f"--factor auto: {Path(volume.path).name!r} records no voxel size; "
-                  "give the factor as a number (e.g. --factor 4)")
-        f = round(a)
-        if f < 2:
-            _fail(f"--factor auto: the stack is already near isotropic (z/xy = {a:.2f}); "
-                  "nothing to do, or give a factor explicitly")
-        return grid.parse_factor(f)
+        fractional = get_info(method).fractional if method else True
+        try:
+            f = grid.auto_factor(volume.voxel_size, fractional)
+        except ValueError as exc:
+            name = Path(volume.path).name if volume.path else "the input"
+            _fail(f"--factor auto: {name!r}: {exc}" + (
+                " (or give --voxel-size Z Y X)" if not volume.voxel_size else ""))
+        z, y, x = volume.voxel_size
+        ratio = z / x
+        how = "" if float(f) == ratio else (f" (z/xy = {ratio:.4g}, rounded: {method} takes "
+                                            "integer factors only)")
+        print(f"zup: --factor auto: {float(f):g}{how}; voxel size {z:g} x {y:g} x {x:g} -> "
+              f"{z / float(f):.4g} x {y:g} x {x:g} {volume.unit} (z, y, x)", file=sys.stderr)
+        return f
     try:
         return grid.parse_factor(text)
     except ValueError as exc:
@@ -81,13 +86,16 @@ def parse_params(args) -> dict:
     return params
 
 
+FARNEBACK_KEYS = ("winsize", "levels", "iterations", "poly_n", "poly_sigma", "pyr_scale",
+                  "flags")
+
+
 def _method_params(method: str, params: dict) -> dict:
     """Keep only the parameters that apply to ``method`` (Farnebäck ones go to of-*)."""
     info = get_info(method)
-    farneback = {"winsize", "levels", "iterations", "poly_n", "poly_sigma", "pyr_scale", "flags"}
     out = {}
     for k, v in params.items():
-        if k in farneback and not info.name.startswith("of-"):
+        if k in FARNEBACK_KEYS and not info.name.startswith("of-"):
             continue
         if k in ("checkpoint", "device") and not info.needs_checkpoint:
             continue
@@ -95,11 +103,58 @@ def _method_params(method: str, params: dict) -> dict:
     return out
 
 
-def _read(path: str, level: int = 0) -> Volume:
+def _refuse_unused(methods: list[str], params: dict) -> None:
+    """Options that none of ``methods`` takes are refused, not silently dropped."""
+    infos = [get_info(m) for m in methods]
+    names = ", ".join(methods)
+    if params.get("checkpoint") and not any(i.needs_checkpoint for i in infos):
+        _fail(f"--checkpoint: {names} {'takes' if len(infos) == 1 else 'take'} no checkpoint "
+              f"(learned methods do: "
+              f"{', '.join(i.name for i in method_infos() if i.needs_checkpoint)})")
+    if params.get("device") and not any(i.needs_checkpoint for i in infos):
+        _fail(f"--device: {names} {'runs' if len(infos) == 1 else 'run'} on the CPU only; "
+              "--device applies to learned methods")
+    used = [k for k in params if k in FARNEBACK_KEYS]
+    if used and not any(i.name.startswith("of-") for i in infos):
+        _fail(f"Farnebäck parameter {used[0]!r} applies to of-linear and of-cubic, not "
+              f"{names}")
+
+
+def _check_method(method: str, params: dict) -> None:
+    """Validate ``params`` against the method's own declaration by building it (before any
+    work: a bad value fails here, not after the input was read and the run planned)."""
     try:
-        return read_volume(path, level=level)
+        create_method(method, **params).close()
+    except (ValueError, TypeError) as exc:
+        _fail(f"method {method!r}: {exc}")
+
+
+def _read(path: str, level: int = 0, args=None) -> Volume:
+    """Read the input; ``--voxel-size Z Y X`` / ``--unit`` in ``args`` replace what the file
+    records (or supply what it does not)."""
+    try:
+        vol = read_volume(path, level=level)
     except VolumeReadError as exc:
         _fail(str(exc))
+    given = getattr(args, "voxel_size", None)
+    if given:
+        if len(given) != 3 or min(given) <= 0:
+            _fail(f"--voxel-size: three positive numbers Z Y X, got {given}")
+        unit = args.unit or "nm"
+        if vol.voxel_size and tuple(vol.voxel_size) != tuple(given):
+            print(f"zup: note: --voxel-size {given} replaces the file's "
+                  f"{tuple(round(v, 6) for v in vol.voxel_size)} {vol.unit}", file=sys.stderr)
+        vol = Volume(vol.data, tuple(float(v) for v in given), unit, vol.metadata, vol.path)
+    elif getattr(args, "unit", None):
+        _fail("--unit goes with --voxel-size Z Y X")
+    return vol
+
+
+def _add_voxel_size(p) -> None:
+    p.add_argument("--voxel-size", dest="voxel_size", type=float, nargs=3,
+                   metavar=("Z", "Y", "X"), help="input voxel size, for files that record none "
+                   "(replaces the file's own when given)")
+    p.add_argument("--unit", default=None, help="unit of --voxel-size (default nm)")
 
 
 class _StderrProgress:
@@ -190,25 +245,49 @@ def _choose_auto(args) -> str:
 def cmd_reconstruct(args) -> int:
     if args.method == "auto":  # choose by self-evaluation on a sample, then run the winner
         args.method = _choose_auto(args)
+    # Everything that can be checked without reading the data is checked first.
     try:
-        get_info(args.method)
+        info = get_info(args.method)
     except ValueError as exc:
         _fail(str(exc))
-    vol = _read(args.input, args.input_level)
-    factor = resolve_factor(args.factor, vol)
-    params = _method_params(args.method, parse_params(args))
     out = Path(args.output)
-    distributed = out.suffix.lower() == ".zarr" and bool(args.workers or args.scheduler)
+    distributed = bool(args.workers or args.scheduler)
+    if distributed:
+        if out.suffix.lower() != ".zarr":
+            _fail("--workers/--scheduler write OME-Zarr: give an output name ending in .zarr")
+        try:
+            import distributed as _  # noqa: F401
+        except ImportError:
+            _fail("--workers/--scheduler need the 'distributed' extra: "
+                  "pip install 'napari-zup[distributed]'")
+    raw = parse_params(args)
+    _refuse_unused([args.method], raw)
+    params = _method_params(args.method, raw)
+    if args.montage:
+        from .montage import check_montage_path
+
+        try:
+            check_montage_path(args.montage, args.overwrite)
+        except (ValueError, OSError) as exc:
+            _fail(str(exc))
     try:
+        check_not_input(out, args.input)
         if not distributed:  # the cluster runner resumes, or refuses, an existing store itself
             check_output_path(out, args.overwrite)
-        validate_volume(vol.data, get_info(args.method).min_slices, args.method)
     except (ValueError, OSError) as exc:
         _fail(str(exc))
-    voxel = None
-    if vol.voxel_size:
-        z, y, x = vol.voxel_size
-        voxel = (z / float(factor), y, x)
+    if not info.needs_checkpoint:  # cheap to build; a learned model is built once, below
+        _check_method(args.method, params)
+    vol = _read(args.input, args.input_level, args)
+    try:
+        validate_volume(vol.data, info.min_slices, args.method)
+        dtype, dtype_note = output_dtype(out, vol.data.dtype)
+    except ValueError as exc:
+        _fail(str(exc))
+    factor = resolve_factor(args.factor, vol, args.method)
+    if dtype_note:
+        print(f"zup: note: {dtype_note}", file=sys.stderr)
+    voxel, unit = output_voxel_size(vol.voxel_size, vol.unit, factor)
     meta = {"method": args.method, "factor": str(factor), "params": params,
             "source": str(Path(args.input).name), "napari_zup": __version__}
     note = factor_warning(args.method, factor, params.get("checkpoint"))
@@ -224,8 +303,8 @@ def cmd_reconstruct(args) -> int:
         plan = make_plan(vol.data, args.method, factor, args.tile_size, method)
         nbytes = plan.out_nbytes
         print(f"zup: {args.method} x{float(factor):g}: {plan.in_shape} -> {plan.out_shape} "
-              f"{plan.dtype}, {nbytes / 1e6:.0f} MB -> {out}", file=sys.stderr)
-        check_output_path(out, args.overwrite, nbytes)
+              f"{dtype}, {nbytes / 1e6:.0f} MB -> {out}", file=sys.stderr)
+        check_output_path(out, args.overwrite, nbytes, inputs=(args.input,))
         progress = _StderrProgress(plan.out_shape[0], "reconstruct")
 
         def items():
@@ -234,8 +313,8 @@ def cmd_reconstruct(args) -> int:
                 progress.update()
                 yield z, sl
 
-        write_volume(out, items(), voxel, vol.unit, shape=plan.out_shape, dtype=plan.dtype,
-                     overwrite=args.overwrite, metadata=meta)
+        write_volume(out, items(), voxel, unit, shape=plan.out_shape, dtype=plan.dtype,
+                     overwrite=args.overwrite, metadata=meta, inputs=(args.input,))
     except (ValueError, OSError, MemoryError) as exc:
         _fail(str(exc))
     finally:
@@ -275,12 +354,13 @@ def _reconstruct_distributed(args, vol, factor, params, voxel, meta) -> int:
                             chunks=args.chunks,
                             voxel_size=vol.voxel_size, unit=vol.unit, progress=on_progress,
                             stats=stats)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         done = f"{progress.progress.done} of {progress.progress.total} chunks" if progress \
             else "before any chunk"
-        print(f"zup: interrupted after {done}; {args.output} is marked incomplete and keeps "
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"zup: {how} after {done}; {args.output} is marked incomplete and keeps "
               "them: rerun the same command to resume", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
     except (ValueError, OSError, ConnectionError, TimeoutError, RuntimeError) as exc:
         _fail(str(exc))
     if stats.get("already_complete"):
@@ -318,7 +398,7 @@ def cmd_evaluate(args) -> int:
     from .evaluation import (SELF_EVAL_LABEL, degrade, evaluate_method, format_table,
                              parse_degradation, self_evaluate)
 
-    vol = _read(args.input)
+    vol = _read(args.input, args=args)
     if args.self_eval:
         if args.factor is not None and str(args.factor).strip() != "2":
             _fail("--self always evaluates at factor 2 (it keeps every second section); "
@@ -334,6 +414,10 @@ def cmd_evaluate(args) -> int:
         factor = int(f)
     methods = _eval_methods(args.methods)
     params = parse_params(args)
+    _refuse_unused(methods, params)
+    for m in methods:
+        if not get_info(m).needs_checkpoint:
+            _check_method(m, _method_params(m, params))
     learned = [m for m in methods if get_info(m).needs_checkpoint]
     if params.get("checkpoint") and len(learned) > 1:
         _fail(f"--checkpoint applies to one learned method, but {', '.join(learned)} are "
@@ -346,10 +430,9 @@ def cmd_evaluate(args) -> int:
     except ValueError as exc:
         _fail(str(exc))
     if args.maps:
-        maps_dir = Path(args.maps)
-        maps_dir.mkdir(parents=True, exist_ok=True)
+        maps_dir = _maps_dir(args, [f"error_{m}_x{factor}.tif" for m in methods])
     if args.json:
-        check_output_path_json(Path(args.json), args.overwrite)
+        check_output_path_json(Path(args.json), args.overwrite, args.input)
     g = np.asarray(vol.data)
     degradation = ",".join(f"{k}={v:g}" for k, v in steps) or None
     if degradation:
@@ -387,34 +470,77 @@ def cmd_evaluate(args) -> int:
             "factor": factor, "degradation": degradation,
             "seed": args.seed if degradation else None, "input": str(args.input),
             "device": device, "napari_zup": __version__}
-        Path(args.json).write_text(json.dumps(payload, indent=2))
+        _write_text(Path(args.json), json.dumps(payload, indent=2))
         print(f"zup: wrote {args.json}", file=sys.stderr)
     return 0
 
 
-def check_output_path_json(p: Path, overwrite: bool) -> None:
+def check_output_path_json(p: Path, overwrite: bool, source=None) -> None:
+    try:
+        check_not_input(p, source)
+    except ValueError as exc:
+        _fail(str(exc))
+    if p.is_dir():
+        _fail(f"{str(p)!r} is a folder; give a file name for the JSON scores")
     if p.exists() and not overwrite:
         _fail(f"{str(p)!r} already exists; use --overwrite to replace it")
     if not p.parent.exists():
         _fail(f"folder {str(p.parent)!r} does not exist; create it first")
 
 
+def _maps_dir(args, names: list[str]) -> Path:
+    """``--maps DIR``: checked (not a file, not the input, no map replaced without
+    --overwrite) before any work, then created."""
+    d = Path(args.maps)
+    if d.exists() and not d.is_dir():
+        _fail(f"--maps {str(d)!r} is an existing file; --maps takes a folder (it is created "
+              "when missing)")
+    try:
+        check_not_input(d, args.input)
+        for name in names:
+            check_output_path(d / name, args.overwrite, inputs=(args.input,)) \
+                if d.is_dir() else None
+    except (ValueError, OSError) as exc:
+        _fail(f"--maps: {exc}")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _write_text(p: Path, text: str) -> None:
+    """Write under a temporary name and rename: an interrupted write leaves no half file."""
+    tmp = p.with_name(f".{p.name}.partial-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def cmd_flow(args) -> int:
     from .flow import FarnebackParams, estimate_flow, flow_to_rgb
 
+    from .engine import volume_value_range
+
+    out = Path(args.output)
+    given = parse_params(args)
+    unknown = sorted(set(given) - set(FarnebackParams.__dataclass_fields__))
+    if unknown:
+        _fail(f"flow: unknown parameter {unknown[0]!r}; Farnebäck parameters are "
+              f"{', '.join(FarnebackParams.__dataclass_fields__)}")
+    try:
+        params = FarnebackParams(**given)
+        check_not_input(out, args.input)
+        check_output_path(out, args.overwrite)
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
     vol = _read(args.input)
     try:
         validate_volume(vol.data)
-        params = FarnebackParams(**{k: v for k, v in parse_params(args).items()
-                                    if k in FarnebackParams.__dataclass_fields__})
-    except (ValueError, TypeError) as exc:
+        vr = volume_value_range(vol.data)  # refuses NaN/inf voxels, naming how many
+    except ValueError as exc:
         _fail(str(exc))
     data = vol.data
     n, h, w = (int(s) for s in data.shape)
-    from .engine import volume_value_range
-
-    vr = volume_value_range(data)
-    out = Path(args.output)
     progress = _StderrProgress(n - 1, "flow")
 
     def pairs():
@@ -434,7 +560,8 @@ def cmd_flow(args) -> int:
     else:
         items, shape, dtype = pairs, (n - 1, h, w, 2), np.float32
     try:
-        check_output_path(out, args.overwrite, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        check_output_path(out, args.overwrite, int(np.prod(shape)) * np.dtype(dtype).itemsize,
+                          inputs=(args.input,))
         _write_4d(out, items(), shape, dtype, vol, params, args.overwrite, rgb=args.rgb)
     except (ValueError, OSError) as exc:
         _fail(str(exc))
@@ -447,8 +574,9 @@ def _write_4d(out: Path, items, shape, dtype, vol, params, overwrite, rgb):
     """Flow fields: TIFF (ImageJ, axes ZYXS) or Zarr, written under a temporary name."""
     import tifffile
 
-    from .io import _commit, _partial_name, _remove
+    from .io import _commit, _partial_name, _remove, remove_stale_partials
 
+    remove_stale_partials(out)
     tmp = _partial_name(out)
     meta = {"what": "Farnebäck flow z -> z+1, (dx, dy) pixels" if not rgb else
             "Farnebäck flow colour wheel", "farneback": params.as_dict()}
@@ -486,7 +614,7 @@ def cmd_sample(args) -> int:
         voxel = (voxel[0] * SAMPLE_FACTOR, voxel[1], voxel[2])
     try:
         write_volume(args.output, data, voxel, vol.unit, overwrite=args.overwrite,
-                     metadata={"attribution": ATTRIBUTION})
+                     metadata={"attribution": ATTRIBUTION}, inputs=(vol.path,))
     except (ValueError, OSError) as exc:
         _fail(str(exc))
     print(f"zup: wrote {args.output} {data.shape} voxel {voxel} nm. {ATTRIBUTION}",
@@ -527,7 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "crops and sections, <= ~20%% of the run's time), print the scores and "
                    "the choice, then run the winner (default of-linear)")
     r.add_argument("--factor", "-f", default="auto", help="z upsampling factor: a number "
-                   "> 1 (e.g. 4 or 2.5) or 'auto' = round(z step / pixel size) (default)")
+                   "> 1 (e.g. 4 or 2.5) or 'auto' = z step / pixel size (exact where the method "
+                   "takes fractional factors, else rounded; default)")
     r.add_argument("--input-level", type=int, default=0, help="OME-Zarr input: multiscale "
                    "level to read (0 = full resolution)")
     r.add_argument("--tile-size", type=int, default=None, help="y/x tile edge in pixels "
@@ -539,6 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="extra method parameter (repeatable)")
     _add_farneback(r)
+    _add_voxel_size(r)
     r.add_argument("--overwrite", action="store_true", help="replace an existing output")
     r.add_argument("--montage", metavar="PNG", help="also save a PNG montage (xy, xz, yz "
                    "views of input and output)")
@@ -580,6 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--param", action="append", metavar="KEY=VALUE")
     e.add_argument("--overwrite", action="store_true")
     _add_farneback(e)
+    _add_voxel_size(e)
 
     fl = sub.add_parser("flow", help="Farnebäck flow between consecutive slices")
     fl.add_argument("input")
@@ -603,28 +734,69 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster scheduler's kill, ``kill PID``): raised in the main thread so that
+    it takes the same path as Ctrl-C: temporary files removed, stores left resumable."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+#: Errors the user can act on: one line, exit status 2. Anything else is a bug: traceback.
+EXPECTED_ERRORS = (CLIError, VolumeReadError, OSError, MemoryError)
+REPORT = ("zup: this is a bug in napari-zup, not in your input; please report it with the "
+          "command line and the traceback above (issue tracker: see README.md, 'Reporting "
+          "problems')")
+
+
 def main(argv=None) -> int:
+    import signal
+
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if argv[:1] == ["train"]:
         args, rest = parser.parse_known_args(argv)
-        if args.command == "train":
-            try:
-                return cmd_train(args, rest)
-            except CLIError as exc:
-                print(f"zup: error: {exc}", file=sys.stderr)
-                return 2
-    args = parser.parse_args(argv)
-    handlers = {"methods": cmd_methods, "reconstruct": cmd_reconstruct,
-                "evaluate": cmd_evaluate, "flow": cmd_flow, "sample": cmd_sample}
+        run = (lambda: cmd_train(args, rest)) if args.command == "train" else None
+    else:
+        run = None
+    if run is None:
+        args = parser.parse_args(argv)
+        handlers = {"methods": cmd_methods, "reconstruct": cmd_reconstruct,
+                    "evaluate": cmd_evaluate, "flow": cmd_flow, "sample": cmd_sample}
+        run = lambda: handlers[args.command](args)  # noqa: E731
+    # SIGTERM cleans up as Ctrl-C does. SIGINT is left as Python set it up: when the process
+    # was started with SIGINT ignored (nohup, or `cmd &` from a script: the POSIX way of
+    # asking a background job not to die on Ctrl-C) we honour that rather than re-arm it.
+    # An interactive shell's `&` does not ignore SIGINT (job control uses process groups), so
+    # Ctrl-C on a foreground zup always works.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return handlers[args.command](args)
-    except CLIError as exc:
-        print(f"zup: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("zup: interrupted; no output was written", file=sys.stderr)
-        return 130
+        from .checkpoints import CheckpointError
+
+        try:
+            return run()
+        except (*EXPECTED_ERRORS, CheckpointError) as exc:
+            print(f"zup: error: {exc}", file=sys.stderr)
+            return 2
+        except Terminated:
+            print("zup: terminated (SIGTERM); no output was written (temporary files removed)",
+                  file=sys.stderr)
+            return 143
+        except KeyboardInterrupt:
+            print("zup: interrupted; no output was written", file=sys.stderr)
+            return 130
+        except Exception:
+            import traceback
+
+            traceback.print_exc()
+            print(REPORT, file=sys.stderr)
+            return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

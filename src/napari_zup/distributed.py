@@ -382,9 +382,8 @@ def reconstruct_to_zarr(
         raise ValueError(f"method {name!r} supports only integer factors, got {float(f):g}")
 
     src, src_array, meta = _resolve_source(source, input_level)
-    if meta.get("path") and Path(meta["path"]) == out.resolve():
-        raise ValueError(f"output {str(out)!r} is the input; choose another output name "
-                         "(the input is never written to)")
+    if meta.get("path"):
+        io.check_not_input(out, meta["path"])
     validate_volume(src_array, info.min_slices, name)
     in_shape = tuple(int(s) for s in src_array.shape)
     dtype = np.dtype(src_array.dtype)
@@ -717,9 +716,7 @@ def _run(client, src, src_array, meta, out, name, params, info, f, in_shape, out
     if not out.exists():
         io.check_output_path(out, overwrite=False, nbytes=nbytes)
         run_id = uuid.uuid4().hex
-        vox_out = None
-        if vox_in:
-            vox_out = (float(vox_in[0]) / float(f), float(vox_in[1]), float(vox_in[2]))
+        vox_out, unit = io.output_voxel_size(vox_in, unit, f)  # unknown: pixels, no unit
         zup = {"status": "incomplete", "run_id": run_id, "signature": signature,
                "source": meta.get("path"), "voxel_size_known": vox_in is not None}
         root = zarr.open_group(str(out), mode="w", zarr_format=2)

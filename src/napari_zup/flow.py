@@ -5,7 +5,8 @@ that ``a[y, x] ~ b[y + dy, x + dx]``: a structure at x in ``a`` moved to x + flo
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 
 import cv2
 import numpy as np
@@ -25,6 +26,15 @@ class FarnebackParams:
     flags: int = 0
 
     def __post_init__(self):
+        for f in fields(self):  # the declaration is the check: "abc" for a float is refused
+            kind = int if f.type in (int, "int") else float
+            value = getattr(self, f.name)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                kind is float or float(value).is_integer())
+            if not ok or not math.isfinite(value):
+                raise ValueError(f"{f.name} must be {'an integer' if kind is int else 'a number'}"
+                                 f", got {value!r}")
+            object.__setattr__(self, f.name, kind(value))
         if not 0 < self.pyr_scale < 1:
             raise ValueError(f"pyr_scale must be in (0, 1), got {self.pyr_scale}")
         if self.levels < 1:

@@ -91,3 +91,23 @@ def intervals(n_slices: int, factor) -> list[tuple[int, list[tuple[int, Fraction
         k = min(math.floor(z), last)
         groups.setdefault(k, []).append((i, z))
     return sorted(groups.items())
+
+
+def auto_factor(voxel_size, fractional: bool = True) -> Fraction:
+    """The factor that makes ``voxel_size`` (z, y, x) isotropic: z step / x pixel size.
+
+    Methods that support fractional factors get the exact ratio (50 nm / 4 nm -> 12.5);
+    the others get it rounded half up (-> 13). Raises ValueError when the voxel size is
+    unknown or the stack is already (near) isotropic. The CLI's ``--factor auto`` and the
+    Reconstruct widget's pre-filled factor both come from here.
+    """
+    if not voxel_size or not voxel_size[0] or not voxel_size[2]:
+        raise ValueError("the voxel size is unknown; give the factor as a number (e.g. 4)")
+    ratio = Fraction(float(voxel_size[0]) / float(voxel_size[2])).limit_denominator(
+        MAX_DENOMINATOR)
+    if ratio < Fraction(3, 2):
+        raise ValueError(
+            f"the stack is already near isotropic (z / xy = {float(ratio):.3g}); nothing to "
+            "do, or give a factor explicitly"
+        )
+    return ratio if fractional else Fraction(math.floor(ratio + Fraction(1, 2)))

@@ -7,7 +7,9 @@ leaves an output that looks complete; the input file is never opened for writing
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -22,6 +24,9 @@ import numpy as np
 LAZY_BYTES = 1 << 30
 #: Above this many bytes the TIFF output is a BigTIFF (OME metadata: ImageJ has no BigTIFF).
 BIGTIFF_BYTES = (1 << 32) - (1 << 25)
+
+#: The unit recorded when a file carries no physical voxel size: sizes are in pixels.
+UNKNOWN_UNIT = "pixel"
 
 _UNIT_TO_NM = {"nm": 1.0, "nanometer": 1.0, "um": 1e3, "µm": 1e3, "\\u00B5m": 1e3,
                "micron": 1e3, "micrometer": 1e3, "mm": 1e6, "millimeter": 1e6, "pm": 1e-3,
@@ -82,9 +87,10 @@ def _read_tiff(p: Path, lazy: bool | None) -> Volume:
     import tifffile
 
     try:
-        with tifffile.TiffFile(p) as tif:
+        with _tifffile_errors() as logged, tifffile.TiffFile(p) as tif:
             series = tif.series[0]
             shape, dtype, axes = series.shape, series.dtype, series.axes
+            _check_tiff_complete(tif, p.name, shape, axes, logged)
             voxel, unit, meta = _tiff_voxel_size(tif)
             nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
             use_lazy = nbytes > LAZY_BYTES if lazy is None else lazy
@@ -106,6 +112,66 @@ def _read_tiff(p: Path, lazy: bool | None) -> Volume:
     data = _squeeze_to_zyx(data, axes, p.name)
     meta["source_axes"] = axes
     return Volume(data, voxel, unit, meta, str(p))
+
+
+@contextlib.contextmanager
+def _tifffile_errors():
+    """Collect what tifffile logs while a file is opened (it logs, rather than raises, a page
+    chain that points past the end of a truncated file)."""
+    records: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("tifffile")
+    handler = _Collect(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+def _declared_planes(tif) -> int | None:
+    """Number of image planes the file's own metadata declares (ImageJ ``images`` or
+    channels x slices x frames; OME SizeZ x SizeC x SizeT of the first image), or None."""
+    if tif.is_imagej:
+        ij = tif.imagej_metadata or {}
+        if ij.get("images"):
+            return int(ij["images"])
+        n = 1
+        for k in ("channels", "slices", "frames"):
+            n *= int(ij.get(k, 1) or 1)
+        return n if n > 1 else None
+    if tif.is_ome and tif.ome_metadata:
+        try:
+            root = ET.fromstring(tif.ome_metadata)
+            pix = next(el for el in root.iter() if el.tag.endswith("Pixels"))
+            return (int(pix.get("SizeZ", 1)) * int(pix.get("SizeC", 1))
+                    * int(pix.get("SizeT", 1)))
+        except (ET.ParseError, StopIteration, ValueError):
+            return None
+    return None
+
+
+def _check_tiff_complete(tif, name: str, shape, axes: str, logged: list[str]) -> None:
+    """Refuse a TIFF with fewer planes than its metadata declares, or whose page chain is cut
+    off: a stack cut at a page boundary otherwise reads as a shorter (or 2D) stack."""
+    found = int(np.prod([n for ax, n in zip(axes, shape) if ax not in "YXS"] or [1]))
+    declared = _declared_planes(tif)
+    if declared is not None and found < declared:
+        raise VolumeReadError(
+            f"{name!r} is truncated or corrupt: its metadata declares {declared} images but "
+            f"only {found} can be read; copy or export the file again"
+        )
+    cut = [m for m in logged if "invalid page offset" in m or "corrupted file" in m]
+    if declared is None and cut:
+        raise VolumeReadError(
+            f"{name!r} is truncated or corrupt: {len(tif.pages)} page(s) can be read, then "
+            f"the file's page chain points past its end ({cut[0]}); copy or export the file "
+            "again"
+        )
 
 
 def _squeeze_to_zyx(data, axes: str, name: str):
@@ -138,6 +204,8 @@ def _tiff_voxel_size(tif):
         ij = tif.imagej_metadata or {}
         meta["imagej"] = {k: v for k, v in ij.items() if isinstance(v, (str, int, float))}
         factor = _unit_factor(ij.get("unit", "nm")) if ij.get("unit") else None
+        if _is_pixel_unit(ij.get("unit")):  # written without a known voxel size
+            factor, unit = 1.0, UNKNOWN_UNIT
         page = tif.pages[0]
         res = page.tags.get("XResolution")
         res_y = page.tags.get("YResolution")
@@ -155,13 +223,33 @@ def _tiff_voxel_size(tif):
     return (float(z), float(y), float(x)), unit, meta
 
 
+def _is_pixel_unit(unit) -> bool:
+    return str(unit or "").strip().lower() in ("pixel", "pixels", "px")
+
+
 def _unit_factor(unit: str) -> float:
     u = str(unit).strip().lower().replace("\\u00b5", "µ")
+    if _is_pixel_unit(u):
+        return 1.0
     if u in ("micron", "microns", "um", "µm", "μm"):
         return 1e3
     if u in _UNIT_TO_NM:
         return _UNIT_TO_NM[u]
     raise VolumeReadError(f"unknown length unit {unit!r} in the file's metadata")
+
+
+def _refuse_unfinished_run(p: Path, zup) -> None:
+    """A store that a zup cluster run has not finished holds zeros where chunks are missing."""
+    if not isinstance(zup, dict) or zup.get("status") != "incomplete":
+        return
+    sig = zup.get("signature") if isinstance(zup.get("signature"), dict) else {}
+    cmd = (f"zup reconstruct {zup.get('source') or 'INPUT'} {p} --method "
+           f"{sig.get('method', 'METHOD')} --factor {sig.get('factor', 'F')} --workers N")
+    raise VolumeReadError(
+        f"{p.name!r} is an unfinished zup run (marked incomplete: chunks not yet written read "
+        f"as zeros); finish it first by rerunning the command that made it, which resumes: "
+        f"{cmd}"
+    )
 
 
 def _read_zarr(p: Path, level: int) -> Volume:
@@ -173,26 +261,40 @@ def _read_zarr(p: Path, level: int) -> Volume:
     except Exception as exc:
         raise VolumeReadError(f"cannot open {p.name!r} as a Zarr store ({exc})") from None
     attrs = dict(node.attrs)
+    _refuse_unfinished_run(p, attrs.get("zup"))
     ms = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
     if ms:
-        m = ms[0]
-        datasets = m["datasets"]
-        if not 0 <= level < len(datasets):
+        try:
+            m = ms[0]
+            datasets = m["datasets"]
+            if not 0 <= level < len(datasets):
+                raise VolumeReadError(
+                    f"{p.name!r} has {len(datasets)} multiscale levels (0..{len(datasets) - 1}); "
+                    f"level {level} does not exist"
+                )
+            ds = datasets[level]
+            arr = node[ds["path"]]
+            scale = next((t["scale"] for t in ds.get("coordinateTransformations", [])
+                          if t.get("type") == "scale"), None)
+            axes = m.get("axes", [])
+            unit = next((a.get("unit") for a in axes if isinstance(a, dict) and a.get("unit")),
+                        None)
+            voxel = tuple(float(s) for s in scale[-3:]) if scale else None
+        except VolumeReadError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             raise VolumeReadError(
-                f"{p.name!r} has {len(datasets)} multiscale levels (0..{len(datasets) - 1}); "
-                f"level {level} does not exist"
-            )
-        ds = datasets[level]
-        arr = node[ds["path"]]
-        scale = next((t["scale"] for t in ds.get("coordinateTransformations", [])
-                      if t.get("type") == "scale"), None)
-        axes = m.get("axes", [])
-        unit = next((a.get("unit") for a in axes if isinstance(a, dict) and a.get("unit")), None)
-        factor = _unit_factor(unit) if unit else 1.0
-        voxel = tuple(float(s) * factor for s in scale[-3:]) if scale else None
+                f"{p.name!r}: its OME-Zarr metadata (multiscales) is broken "
+                f"({type(exc).__name__}: {exc}); fix the .zattrs / zarr.json, or open the array "
+                "inside the store directly (e.g. path/to/store.zarr/0)"
+            ) from None
+        if voxel is not None and unit and not _is_pixel_unit(unit):
+            voxel, unit = tuple(v * _unit_factor(unit) for v in voxel), "nm"
+        elif voxel is not None:  # a scale without a unit: sizes in pixels, honestly
+            unit = UNKNOWN_UNIT
         meta = {"ome_zarr": True, "level": level, "levels": len(datasets),
                 "zup": attrs.get("zup", {})}
-        return Volume(da.from_zarr(arr), voxel, "nm", meta, str(p))
+        return Volume(da.from_zarr(arr), voxel, unit or "nm", meta, str(p))
     if isinstance(node, zarr.Array):
         return Volume(da.from_zarr(node), None, "nm", {}, str(p))
     raise VolumeReadError(
@@ -203,12 +305,47 @@ def _read_zarr(p: Path, level: int) -> Volume:
 
 # -- writing ----------------------------------------------------------------------------------
 
-def check_output_path(path, overwrite: bool = False, nbytes: int | None = None) -> Path:
-    """Refuse an existing output (unless ``overwrite``), an unwritable folder, or too little
-    free disk space; return the path."""
+def same_path(a, b) -> bool:
+    """True when ``a`` and ``b`` name the same file or folder: same resolved path (``..``,
+    symlinks) or, when both exist, the same file on disk (hard links, bind mounts)."""
+    pa, pb = Path(a), Path(b)
+    try:
+        if pa.resolve() == pb.resolve():
+            return True
+        return pa.exists() and pb.exists() and os.path.samefile(pa, pb)
+    except OSError:
+        return False
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        return parent.is_dir() and child.resolve().is_relative_to(parent.resolve())
+    except OSError:
+        return False
+
+
+def check_not_input(out, *inputs) -> None:
+    """Refuse an output that is one of the inputs, lies inside an input store, or is a store
+    that contains an input: writing it would destroy what is being read, ``--overwrite`` or
+    not."""
+    for src in inputs:
+        if src is None:
+            continue
+        if same_path(out, src) or _inside(Path(out), Path(src)) or _inside(Path(src), Path(out)):
+            raise ValueError(
+                f"output {str(out)!r} is the input {str(src)!r} (or inside it / contains it); "
+                "the input is never written to: choose another output name"
+            )
+
+
+def check_output_path(path, overwrite: bool = False, nbytes: int | None = None,
+                      inputs=()) -> Path:
+    """Refuse an output that is an input (:func:`check_not_input`), an existing output (unless
+    ``overwrite``), an unwritable folder, or too little free disk space; return the path."""
     p = Path(path)
     if p.suffix.lower() not in (".tif", ".tiff", ".zarr"):
         raise ValueError(f"output {p.name!r}: use a .tif/.tiff or .zarr name")
+    check_not_input(p, *inputs)
     if p.exists() and not overwrite:
         raise FileExistsError(f"output {str(p)!r} already exists; use --overwrite to replace it")
     parent = p.parent if str(p.parent) else Path(".")
@@ -226,8 +363,63 @@ def check_output_path(path, overwrite: bool = False, nbytes: int | None = None) 
     return p
 
 
+#: Voxel types an ImageJ TIFF holds; others are converted (losslessly, or float64 -> float32)
+#: or refused, before any work, the same way for every TIFF output.
+_TIFF_DTYPES = ("uint8", "uint16", "int16", "float32")
+
+
+def output_dtype(path, dtype) -> tuple[np.dtype, str | None]:
+    """The voxel type written to ``path`` for data of ``dtype``, and a note when it differs.
+
+    Zarr keeps every type. TIFF output (ImageJ, and OME for BigTIFF, the same rule for both
+    so the result does not depend on the size): float64 -> float32 (7 significant digits),
+    int8 -> int16; 32/64-bit integers and bool are refused (ValueError: write .zarr)."""
+    dtype = np.dtype(dtype)
+    if Path(path).suffix.lower() == ".zarr" or dtype.name in _TIFF_DTYPES:
+        return dtype, None
+    if dtype.kind == "f":
+        return np.dtype(np.float32), (f"TIFF output holds float32, not {dtype.name}: the "
+                                      "output is written as float32 (about 7 significant "
+                                      "digits); write .zarr to keep float64")
+    if dtype == np.int8:
+        return np.dtype(np.int16), "TIFF output has no int8: the output is written as int16"
+    raise ValueError(
+        f"voxel type {dtype.name} cannot be written to TIFF without loss (TIFF output holds "
+        f"{', '.join(_TIFF_DTYPES)}); write a .zarr output instead, or convert the input first"
+    )
+
+
 def _partial_name(p: Path) -> Path:
     return p.with_name(f".{p.name}.partial-{os.getpid()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_partials(path) -> list[Path]:
+    """Remove ``.NAME.partial-PID`` leftovers next to ``path`` whose process is gone (a run
+    killed with SIGKILL, or a crash); returns what was removed. Partials of live processes
+    (another run writing the same name right now) are left alone."""
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    removed = []
+    if not parent.is_dir():
+        return removed
+    prefix = f".{p.name}.partial-"
+    for q in parent.iterdir():
+        pid = q.name[len(prefix):]
+        if q.name.startswith(prefix) and pid.isdigit() and int(pid) != os.getpid() \
+                and not _pid_alive(int(pid)):
+            _remove(q)
+            removed.append(q)
+    return removed
 
 
 def _commit(tmp: Path, p: Path) -> None:
@@ -257,8 +449,13 @@ def write_volume(
     overwrite: bool = False,
     metadata: dict | None = None,
     chunks=None,
+    inputs=(),
 ) -> Path:
     """Write a volume to ``path`` (.tif/.tiff or .zarr) with its voxel size.
+
+    ``voxel_size`` None (unknown) is written as such: ImageJ unit "pixel", OME-Zarr axes
+    without a unit. ``inputs``: paths being read, which ``path`` must not be
+    (:func:`check_not_input`). The voxel type follows :func:`output_dtype`.
 
     ``data``: an array (numpy/dask) or an iterator of ``(z_index, slice)`` in z order (then
     give ``shape`` and ``dtype``): slices are written as they come, so the volume is never
@@ -274,8 +471,13 @@ def write_volume(
         items = iter(data)
     if len(shape) != 3:
         raise ValueError(f"write_volume writes 3D stacks (z, y, x), got shape {shape}")
+    out_dtype, _ = output_dtype(path, dtype)
+    if out_dtype != dtype:
+        items = ((z, np.asarray(sl).astype(out_dtype)) for z, sl in items)
+        dtype = out_dtype
     nbytes = int(np.prod(shape)) * dtype.itemsize
-    p = check_output_path(path, overwrite, nbytes)
+    p = check_output_path(path, overwrite, nbytes, inputs)
+    remove_stale_partials(p)
     tmp = _partial_name(p)
     _remove(tmp)
     try:
@@ -306,15 +508,19 @@ def _write_tiff(tmp: Path, items, shape, dtype, voxel_size, unit, metadata, nbyt
 
     slices = _ordered_slices(items, shape)
     extra = {"zup": json.dumps(metadata)} if metadata else {}
+    known = bool(voxel_size) and not _is_pixel_unit(unit)
     if nbytes < BIGTIFF_BYTES:
-        kw = {"imagej": True, "metadata": {"axes": "ZYX", "unit": unit, **extra}}
+        # Unknown voxel size: ImageJ's unit "pixel" (not a made-up "nm"); a z spacing in
+        # pixels (e.g. 1/F after a reconstruction) is still written.
+        kw = {"imagej": True, "metadata": {"axes": "ZYX", "unit": unit if known else
+                                           UNKNOWN_UNIT, **extra}}
         if voxel_size:
             z, y, x = voxel_size
             kw["resolution"] = (1.0 / x, 1.0 / y)
             kw["metadata"]["spacing"] = z
     else:  # ImageJ has no BigTIFF: write OME-TIFF, whose metadata carries the voxel size
         kw = {"bigtiff": True, "ome": True, "metadata": {"axes": "ZYX"}}
-        if voxel_size:
+        if known:  # OME has no pixel unit: an unknown size is left out
             z, y, x = voxel_size
             kw["metadata"].update(PhysicalSizeZ=z, PhysicalSizeY=y, PhysicalSizeX=x,
                                   PhysicalSizeZUnit=unit, PhysicalSizeYUnit=unit,
@@ -337,12 +543,32 @@ def ome_zarr_attrs(shape, voxel_size, unit, metadata=None, n_levels: int = 1) ->
     attrs = {"multiscales": [{
         "version": "0.4",
         "name": "zup",
-        "axes": [{"name": a, "type": "space", "unit": _ome_unit(unit)} for a in "zyx"],
+        "axes": [_ome_axis(a, unit if voxel_size else None) for a in "zyx"],
         "datasets": datasets,
     }]}
     if metadata:
         attrs["zup"] = metadata
     return attrs
+
+
+def _ome_axis(name: str, unit) -> dict:
+    """An OME-Zarr axis; an unknown unit (no voxel size, or sizes in pixels) is left out
+    rather than claimed (the spec's units are physical)."""
+    axis = {"name": name, "type": "space"}
+    if unit and not _is_pixel_unit(unit):
+        axis["unit"] = _ome_unit(unit)
+    return axis
+
+
+def output_voxel_size(voxel_size, unit, factor):
+    """The voxel size of a reconstruction at ``factor``: the z step divided by the factor.
+    Unknown (None) input sizes give (1/F, 1, 1) in pixels, so the output still records its
+    z step relative to x/y without claiming a physical unit. Returns (voxel, unit)."""
+    f = float(factor)
+    if not voxel_size:
+        return (1.0 / f, 1.0, 1.0), UNKNOWN_UNIT
+    z, y, x = (float(v) for v in voxel_size)
+    return (z / f, y, x), unit
 
 
 def _ome_unit(unit: str) -> str:

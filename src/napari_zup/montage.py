@@ -2,6 +2,9 @@
 same physical scale by nearest neighbour, i.e. what a viewer shows) above the output."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 
 
@@ -15,6 +18,28 @@ def _views(vol, z_stretch: float, z_xy: int):
                           .astype(int), z - 1)
         xz, yz = xz[rows], yz[rows]
     return xy, xz, yz
+
+
+#: Formats the montage can be saved in (matplotlib's, by file extension).
+MONTAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".tif", ".tiff")
+
+
+def check_montage_path(path, overwrite: bool = False) -> Path:
+    """Refuse a montage path before a long run rather than after it: unknown format, missing
+    or unwritable folder, or an existing file without ``overwrite``."""
+    p = Path(path)
+    if p.suffix.lower() not in MONTAGE_SUFFIXES:
+        raise ValueError(f"--montage {p.name!r}: use one of {', '.join(MONTAGE_SUFFIXES)}")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"--montage: folder {str(parent)!r} does not exist; create it "
+                                "first")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"--montage: folder {str(parent)!r} is not writable")
+    if p.exists() and not overwrite:
+        raise FileExistsError(f"--montage {str(p)!r} already exists; use --overwrite to "
+                              "replace it")
+    return p
 
 
 def save_montage(path, input_volume, output_volume, factor, title: str = "") -> None:
@@ -42,5 +67,11 @@ def save_montage(path, input_volume, output_volume, factor, title: str = "") -> 
             ax.set_yticks([])
     if title:
         fig.suptitle(title)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    p = Path(path)
+    tmp = p.with_name(f".{p.stem}.partial-{os.getpid()}{p.suffix}")  # no half-written image
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, p)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
