@@ -14,7 +14,8 @@ from napari_zup.methods import create_method
 from napari_zup.methods._torch_common import modulated_deform_conv
 from napari_zup.methods.film import Film, build_film
 from napari_zup.methods.tsain import Tsain, build_tsain
-from napari_zup.training.interp import TupleSampler, interpolation_loss, train
+from napari_zup.training import train
+from napari_zup.training.interp import TupleSampler, interpolation_loss
 
 from ._data import SAMPLE2, need
 
@@ -129,9 +130,9 @@ def test_train_api_checkpoint_round_trip_and_resume(tmp_path):
     vol = _blobs(12, 40, 40, seed=2)
     out = tmp_path / "film.safetensors"
     logs = []
-    s = train("film", vol, val=_blobs(12, 40, 40, seed=5), out=out, minutes=0, max_steps=3,
-              batch=2, crop=32, arch=TINY["film"][0], val_every_s=1e9, log=logs.append)
-    assert out.is_file() and s["steps"] == 3 and np.isfinite(s["best_val_psnr"])
+    s = train("film", vol, val=_blobs(12, 40, 40, seed=5), out=out, minutes=0, steps=3,
+              batch=2, crop=32, arch=TINY["film"][0], eval_every=10**9, log=logs.append)
+    assert out.is_file() and s.steps == 3 and np.isfinite(s.best_psnr)
     m = Film(checkpoint=out, device="cpu")
     assert m.metadata["training"]["steps"] == 3 and m.metadata["method"] == "film"
     # the loaded model equals the saved one: same output as a fresh load
@@ -139,17 +140,17 @@ def test_train_api_checkpoint_round_trip_and_resume(tmp_path):
     blk = _blobs(2, 24, 24)
     np.testing.assert_array_equal(m.render(blk, [0.4], value_range=(0, 255)).slices,
                                   m2.render(blk, [0.4], value_range=(0, 255)).slices)
-    s2 = train("film", vol, val=_blobs(12, 40, 40, seed=5), out=out, minutes=0, max_steps=5,
-               batch=2, crop=32, resume=True, val_every_s=1e9, log=logs.append)
-    assert s2["steps"] == 5 and any("resumed film at step 3" in line for line in logs)
+    s2 = train("film", vol, val=_blobs(12, 40, 40, seed=5), out=out, minutes=0, steps=2,
+               batch=2, crop=32, resume=True, eval_every=10**9, log=logs.append)
+    assert s2.steps == 5 and any("resumed film at step 3" in line for line in logs)
     # self-supervised on one anisotropic stack (validation: its last slices)
-    s3 = train("tsain", vol, out=tmp_path / "ts.safetensors", minutes=0, max_steps=2, batch=2,
-               crop=32, self_supervised=True, arch=TINY["tsain"][0], val_every_s=1e9,
+    s3 = train("tsain", vol, out=tmp_path / "ts.safetensors", minutes=0, steps=2, batch=2,
+               crop=32, self_supervised=True, arch=TINY["tsain"][0], eval_every=10**9,
                log=logs.append)
-    assert s3["steps"] == 2 and Tsain(checkpoint=tmp_path / "ts.safetensors").metadata[
+    assert s3.steps == 2 and Tsain(checkpoint=tmp_path / "ts.safetensors").metadata[
         "training"]["self_supervised"] is True
     with pytest.raises(ValueError, match="validation stack"):
-        train("film", vol, out=out, max_steps=1)
+        train("film", vol, out=out, steps=1)
 
 
 def test_init_starts_from_a_checkpoints_weights(tmp_path):
@@ -159,11 +160,11 @@ def test_init_starts_from_a_checkpoints_weights(tmp_path):
 
     vol = _blobs(12, 40, 40, seed=2)
     first = tmp_path / "first.safetensors"
-    train("film", vol, val=_blobs(12, 40, 40, seed=5), out=first, minutes=0, max_steps=2,
-          batch=2, crop=32, arch=TINY["film"][0], val_every_s=1e9, log=lambda s: None)
+    train("film", vol, val=_blobs(12, 40, 40, seed=5), out=first, minutes=0, steps=2,
+          batch=2, crop=32, arch=TINY["film"][0], eval_every=10**9, log=lambda s: None)
     again = tmp_path / "again.safetensors"
-    train("film", vol, val=_blobs(12, 40, 40, seed=5), out=again, minutes=0, max_steps=0,
-          batch=2, crop=32, init=first, val_every_s=1e9, seed=7, log=lambda s: None)
+    train("film", vol, val=_blobs(12, 40, 40, seed=5), out=again, minutes=0, steps=0,
+          batch=2, crop=32, init=first, eval_every=10**9, seed=7, log=lambda s: None)
     (w0, m0), (w1, m1) = load_checkpoint(first), load_checkpoint(again)
     assert m1["arch"] == m0["arch"] and m1["training"]["init"] == "first.safetensors"
     assert w0.keys() == w1.keys()
@@ -171,10 +172,10 @@ def test_init_starts_from_a_checkpoints_weights(tmp_path):
         np.testing.assert_array_equal(w0[k].numpy(), w1[k].numpy())
     _tiny_checkpoint(tmp_path / "ts.safetensors", "tsain")
     with pytest.raises(CheckpointError, match="not 'film'"):
-        train("film", vol, val=vol, out=tmp_path / "x.safetensors", max_steps=1,
+        train("film", vol, val=vol, out=tmp_path / "x.safetensors", steps=1,
               init=tmp_path / "ts.safetensors")
     with pytest.raises(ValueError, match="not both"):
-        train("film", vol, val=vol, out=first, max_steps=1, init=first, resume=True)
+        train("film", vol, val=vol, out=first, steps=1, init=first, resume=True)
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")

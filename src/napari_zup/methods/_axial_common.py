@@ -149,6 +149,9 @@ class PairSampler:
     noise_std: float = 0.0
     poisson_peak: float = 0.0
     seed: int = 0
+    #: optional ``degrade(images (N, R, W), rng) -> images`` applied to the full-resolution
+    #: patches before they are degraded along rows (training ``--augment``)
+    degrade: object = None
 
     def __post_init__(self):
         if self.degradation not in DEGRADATIONS:
@@ -186,7 +189,10 @@ class PairSampler:
             if rng.random() < 0.5:
                 p = p[:, ::-1]
             hrs.append(p)
-        hr = np.stack(hrs)[:, None].astype(np.float32)
+        hr = np.stack(hrs).astype(np.float32)
+        if self.degrade is not None:
+            hr = self.degrade(hr, rng)
+        hr = hr[:, None]
         lr, pos = degrade_rows(hr, f, self.degradation)
         lr = add_noise(lr, rng, self.noise_std, self.poisson_peak).astype(np.float32)
         return lr, hr, pos.astype(np.float32), f

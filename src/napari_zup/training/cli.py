@@ -1,0 +1,136 @@
+"""``zup train METHOD``: the same flags for every learned method (film, tsain, niiv, a2i).
+
+A flag that does not apply to the method's family is refused with a message. By default the
+model starts from the bundled checkpoint and is adapted to ``--data`` (``--from-scratch``
+opts out); held-out sections decide whether the result is better than the start.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .session import Finished, Message, Step, TrainingError, TrainingSession, Validation, \
+    family_of, TrainConfig
+
+#: flags that only one family understands -> the TrainConfig field and who uses it
+FAMILY_FLAGS = {
+    "--val": ("val", "pair"),
+    "--degradation": ("degradation", "axial"),
+    "--rows": ("rows", "axial"),
+}
+
+
+def build_parser(method: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"zup train {method}",
+        description=f"Train or adapt {method}. By default the bundled model is fine-tuned on "
+                    "--data and kept only if it beats the bundled one on held-out sections. "
+                    "Pair interpolators (film, tsain) with --self-supervised learn "
+                    "(A[z-1], A[z+1]) -> A[z] on your anisotropic stack; axial restorers (niiv, "
+                    "a2i) learn lateral -> axial from its xy slices. The best checkpoint is "
+                    "kept at --out at all times; Ctrl-C keeps it.")
+    p.add_argument("--data", action="append", required=True, metavar="STACK",
+                   help="training stack (TIFF, OME-Zarr, ...); repeat for several (pair only)")
+    p.add_argument("--out", default=f"{method}_adapted.safetensors",
+                   help="checkpoint to write (the training state goes to OUT.state.pt)")
+    p.add_argument("--minutes", type=float, default=10.0, help="time budget (default 10)")
+    p.add_argument("--steps", type=int, default=None, help="step budget (steps to run now)")
+    p.add_argument("--eval-every", type=int, default=50,
+                   help="steps between validations on the held-out data (default 50)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate")
+    p.add_argument("--batch", type=int, default=None, help="tuples / patches per step")
+    p.add_argument("--crop", type=int, default=None, help="crop / patch width in pixels")
+    p.add_argument("--factor", default=None,
+                   help="factor(s) as an integer or a comma list: pair tuples' gaps (default "
+                        "2,4,8; self-supervised 2); axial: the stack's z/xy anisotropy (default "
+                        "from the voxel size)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    p.add_argument("--resume", default=None, metavar="STATE",
+                   help="continue a training state (OUT.state.pt of an earlier run)")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--from-scratch", action="store_true",
+                       help="start from random weights instead of the bundled model")
+    start.add_argument("--init", default=None, metavar="CHECKPOINT",
+                       help="start from this checkpoint instead of the bundled model")
+    p.add_argument("--self-supervised", action="store_true",
+                   help="train on your anisotropic stack alone (no isotropic ground truth)")
+    p.add_argument("--augment", action="store_true",
+                   help="degradations users' data have: noise, contrast, blur, pixel size, thick "
+                        "sections (see napari_zup.training.augment)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val", default=None, help="(film, tsain) a separate validation stack")
+    p.add_argument("--degradation", default=None,
+                   help="(niiv, a2i) decimate = thin sections (default), pool = thick sections")
+    p.add_argument("--rows", type=int, default=None,
+                   help="(niiv, a2i) low-resolution rows per patch")
+    return p
+
+
+def config_from_args(method: str, argv: list[str]) -> TrainConfig:
+    """Parse ``argv`` into a :class:`TrainConfig`; a flag of another family is refused."""
+    p = build_parser(method)
+    args = p.parse_args(argv)
+    fam = family_of(method)
+    for flag, (name, kind) in FAMILY_FLAGS.items():
+        if getattr(args, name) is not None and fam.kind != kind:
+            p.error(f"{flag} does not apply to {method} (a {fam.kind} method); it is for the "
+                    f"{kind} methods ({'film, tsain' if kind == 'pair' else 'niiv, a2i'})")
+    if fam.kind == "axial" and len(args.data) > 1:
+        p.error(f"{method} learns from one stack's own xy slices: give one --data")
+    factors = None
+    if args.factor is not None:
+        try:
+            factors = [int(x) for x in str(args.factor).split(",")]
+        except ValueError:
+            p.error(f"--factor must be an integer or a comma list of integers, got "
+                    f"{args.factor!r}")
+    if args.resume:
+        init = None
+    elif args.init:
+        init = args.init
+    else:
+        init = None if args.from_scratch else "bundled"
+    data = args.data if len(args.data) > 1 else args.data[0]
+    return TrainConfig(
+        method, data, out=args.out, val=args.val, minutes=args.minutes, steps=args.steps,
+        eval_every=args.eval_every, lr=args.lr, batch=args.batch, crop=args.crop,
+        device=args.device, init=init, resume=args.resume,
+        self_supervised=args.self_supervised, augment=args.augment, seed=args.seed,
+        factors=factors, degradation=args.degradation or "decimate", rows=args.rows)
+
+
+def main(method: str, argv: list[str]) -> int:
+    """``zup train METHOD ARGS``; returns the exit status."""
+    from ..checkpoints import CheckpointError
+
+    cfg = config_from_args(method, argv)
+    session = TrainingSession(cfg)
+    last_print = 0.0
+    try:
+        for ev in session.events():
+            if isinstance(ev, Message):
+                print(ev.text, flush=True)
+            elif isinstance(ev, Step):
+                if ev.step == 1 or ev.minutes - last_print >= 0.25:
+                    print(f"step {ev.step:6d}  {ev.minutes:6.1f} min  loss {ev.loss:.5f}",
+                          flush=True)
+                    last_print = ev.minutes
+            elif isinstance(ev, Validation):
+                print(f"step {ev.step:6d}  {ev.minutes:6.1f} min  held-out PSNR {ev.psnr:.2f} dB"
+                      f"  SSIM {ev.ssim:.4f}{'  *best, saved' if ev.improved else ''}",
+                      flush=True)
+            elif isinstance(ev, Finished):
+                r = ev.result
+                print(f"wrote {r.path} ({r.steps} steps, {r.minutes:.1f} min"
+                      f"{'' if r.better else ', not better than the start'})")
+    except (TrainingError, CheckpointError, ValueError, OSError) as exc:
+        print(f"zup train {method}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; the best checkpoint so far is in {cfg.out}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # python -m napari_zup.training.cli METHOD ARGS
+    sys.exit(main(sys.argv[1], sys.argv[2:]))
