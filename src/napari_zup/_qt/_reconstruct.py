@@ -1,6 +1,7 @@
 """Reconstruct widget: one image layer -> a new, isotropic layer that streams in live."""
 from __future__ import annotations
 
+import html
 import os
 from pathlib import Path
 
@@ -36,6 +37,13 @@ from ._run import StreamingRun
 
 CHOOSE_FILE = "Choose a file…"
 BUNDLED = "bundled default"
+#: Method-list entry that self-evaluates the methods on a sample and runs the winner.
+AUTO = "auto"
+AUTO_DESCRIPTION = (
+    "Self-evaluates every method on a small sample of this stack (a few sections and tiles: "
+    "keep every second section, restore the others), shows the table, then reconstructs "
+    "with the winner. A learned method is chosen only when it beats the best classical / "
+    "optical-flow one in PSNR and SSIM.")
 
 #: Where a run computes: napari's own threads (result in memory, or a temporary store), or a
 #: dask cluster writing an OME-Zarr store (same engine as ``zup reconstruct --workers/
@@ -67,7 +75,14 @@ class ReconstructWidget(DockWidget):
         for n, info in enumerate(method_infos()):
             self.method_combo.addItem(info.name)
             self.method_combo.setItemData(n, info.description, 3)  # Qt.ToolTipRole
+        self.method_combo.addItem(AUTO)
+        self.method_combo.setItemData(self.method_combo.count() - 1, AUTO_DESCRIPTION, 3)
         self.method_combo.setCurrentText("of-linear")
+        #: Methods ``auto`` chooses from (None: every registered method).
+        self.auto_candidates = None
+        self.choice = None
+        self._auto_worker = None
+        self._choosing = False
         self.method_desc = wrap_label()
         self.factor_spin = QDoubleSpinBox()
         self.factor_spin.setDecimals(3)
@@ -155,6 +170,10 @@ class ReconstructWidget(DockWidget):
 
         self.add_run_buttons()
         self.add_progress()
+        self.auto_table = wrap_label()
+        self.auto_table.setStyleSheet("font-family: monospace; font-size: 8pt")
+        self.auto_table.setVisible(False)
+        self.layout().addWidget(self.auto_table)
         self.layout().addStretch(1)
 
         self.layer_combo.currentIndexChanged.connect(self._layer_changed)
@@ -202,14 +221,31 @@ class ReconstructWidget(DockWidget):
     def _prefill_factor(self, *_):
         layer = self.layer_combo.layer()
         if layer is not None and layer_problem(layer) is None:
-            a = anisotropy(layer)
-            if a > 1.0005:
-                self.factor_spin.setValue(round(a, 3))
+            name = self.method_combo.currentText()
+            try:  # the rule of `zup reconstruct --factor auto`: one function for both
+                fractional = name == AUTO or get_info(name).fractional
+                f = grid.auto_factor(tuple(float(v) for v in layer.scale[-3:]), fractional)
+            except ValueError:  # unknown voxel size or already isotropic: keep the value
+                return
+            self.factor_spin.setValue(float(f))
 
     def _method_changed(self, name):
         from ..checkpoints import default_checkpoint
         from ..devices import available_devices
 
+        if name == AUTO:
+            self.method_desc.setText(AUTO_DESCRIPTION)
+            self.method_combo.setToolTip(AUTO_DESCRIPTION)
+            self.checkpoint_combo.clear()
+            self.checkpoint_combo.addItem("bundled (learned candidates)")
+            self.checkpoint_combo.setEnabled(False)
+            self.device_combo.clear()
+            devices = available_devices() or ["cpu"]
+            self.device_combo.addItems(devices)
+            self.device_combo.setEnabled(len(devices) > 1)
+            self.flow_check.setChecked(False)
+            self.flow_check.setEnabled(False)
+            return
         info = get_info(name)
         self.method_desc.setText(info.description)
         self.method_combo.setToolTip(info.description)
@@ -288,9 +324,9 @@ class ReconstructWidget(DockWidget):
             self._method_changed(self.method_combo.currentText())
             self.checkpoint_combo.setCurrentText(path)
 
-    def method_params(self) -> dict | None:
+    def method_params(self, name: str | None = None) -> dict | None:
         """Parameters passed to the method: checkpoint and device for learned methods."""
-        name = self.method_combo.currentText()
+        name = name or self.method_combo.currentText()
         info = get_info(name)
         if not info.needs_checkpoint:
             return None
@@ -306,9 +342,14 @@ class ReconstructWidget(DockWidget):
 
     # -- run ----------------------------------------------------------------------------------
 
-    def start(self):
-        """Check the inputs, add the output layer and start streaming into it."""
-        if self.run is not None and self.run.running:
+    @property
+    def choosing(self) -> bool:
+        return self._choosing
+
+    def start(self, method: str | None = None):
+        """Check the inputs, add the output layer and start streaming into it. With "auto",
+        start the choice (a worker); the run with the winner follows when it is made."""
+        if (self.run is not None and self.run.running) or self.choosing:
             notify_error("a reconstruction is already running; cancel it or wait")
             return None
         layer = self.layer_combo.layer()
@@ -316,7 +357,9 @@ class ReconstructWidget(DockWidget):
         if problem:
             notify_error(f"Reconstruct: {problem}")
             return None
-        method = self.method_combo.currentText()
+        method = method or self.method_combo.currentText()
+        if method == AUTO:
+            return self._start_auto(layer)
         info = get_info(method)
         try:
             factor = grid.parse_factor(self.factor_spin.value())
@@ -325,7 +368,8 @@ class ReconstructWidget(DockWidget):
                                  f"{float(factor):g}; set the factor to a whole number")
             if layer_volume(layer).shape[0] < info.min_slices:
                 raise ValueError(f"method {method!r} needs at least {info.min_slices} slices")
-            params = self.method_params()
+            params = (self.method_params(method) if method == self.method_combo.currentText()
+                      else self._auto_params().get(method))
             note = factor_warning(method, factor, (params or {}).get("checkpoint"))
             if note:
                 notify_warning(f"Reconstruct: {note}")
@@ -387,7 +431,84 @@ class ReconstructWidget(DockWidget):
         self.progress_bar.setValue(run.done)
         self.status.setText(f"{run.method} on dask: {run.describe()} -> {run.out_path}")
 
+    # -- auto ---------------------------------------------------------------------------------
+
+    def _auto_params(self) -> dict:
+        """Device for the learned candidates (bundled checkpoints)."""
+        dev = self.device_combo.currentText() or "cpu"
+        return {i.name: {"device": dev if dev in i.devices else "cpu"}
+                for i in method_infos() if i.needs_checkpoint}
+
+    def _start_auto(self, layer):
+        import threading
+
+        from ._common import iterate_callbacks, start_worker
+
+        try:
+            factor = grid.parse_factor(self.factor_spin.value())
+        except ValueError as exc:
+            notify_error(f"Reconstruct: {exc}")
+            return None
+        self._auto_layer, self._auto_factor = layer, factor
+        self._auto_cancel = threading.Event()
+        self.choice = None
+        self._choosing = True
+        self.auto_table.setVisible(False)
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress_bar.setRange(0, 0)
+        self.progress_bar.setVisible(True)
+        self.status.setText("auto: self-evaluating the methods on a sample of the stack…")
+        self._auto_worker = start_worker(
+            iterate_callbacks, _choose, layer_volume(layer), factor, self.auto_candidates,
+            self._auto_params(), self._auto_cancel, on_yield=self._on_auto_progress,
+            on_return=self._on_auto_choice, on_error=self._on_auto_error)
+        return self._auto_worker
+
+    def _on_auto_progress(self, item):
+        done, total, text = item
+        self.progress_bar.setRange(0, max(total, 1))
+        self.progress_bar.setValue(done)
+        self.status.setText(f"{text} ({done}/{total})")
+
+    def _auto_ended(self):
+        self._choosing = False
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.progress_bar.setVisible(False)
+
+    def _on_auto_choice(self, choice):
+        self._auto_ended()
+        if choice is None:
+            self.status.setText("auto: cancelled before a method was chosen; nothing added")
+            return
+        self.choice = choice
+        self.auto_table.setText("<pre>" + html.escape(choice.table) + "</pre>")
+        self.auto_table.setVisible(True)
+        layer = self._auto_layer
+        if layer not in self.viewer.layers:
+            self.status.setText(f"auto chose {choice.method}, but the layer is gone")
+            return
+        self.layer_combo.set_layer(layer)
+        self.factor_spin.setValue(float(self._auto_factor))
+        note = f"auto chose {choice.method}: {choice.reason}."
+        self.status.setText(note + " Reconstructing with it…")
+        self._auto_note = note  # before start(): a short run may end inside it
+        run = self.start(choice.method)
+        if run is None:
+            self._auto_note = None
+            self.status.setText(note + " The run could not start (see the notification).")
+
+    def _on_auto_error(self, exc):
+        self._auto_ended()
+        self.status.setText(f"<span style='color:#e8a33d'>auto: {exc}</span>")
+        notify_error(f"Reconstruct auto: {exc}")
+
     def cancel(self):
+        if self.choosing:
+            self._auto_cancel.set()
+            self.status.setText("cancelling the auto choice…")
+            return
         if self.run is not None and self.run.running:
             self.run.cancel()
             self.status.setText("cancelling (stops after the tiles in progress)…")
@@ -414,11 +535,28 @@ class ReconstructWidget(DockWidget):
                                     f"{run.total} chunks; run again with the same output "
                                     "to resume")
             return
+        note = getattr(self, "_auto_note", None)
+        self._auto_note = None
+        prefix = note + " " if note and self.choice is not None and \
+            run.method == self.choice.method else ""
         if run.status == "done":
             self.status.setText(
-                f"{run.method}: {s['slices']} slices in {s['total_s']:.1f} s "
+                f"{prefix}{run.method}: {s['slices']} slices in {s['total_s']:.1f} s "
                 f"(first slice after {s.get('first_slice_s', float('nan')):.2f} s) -> "
                 f"layer {run.layer.name!r}")
         else:
             self.status.setText(f"{run.method}: {run.status} after {s['slices']} of "
                                 f"{run.out_shape[0]} slices; layer marked partial")
+
+
+def _choose(volume, factor, candidates, params, cancel, callback):
+    """Worker side of "auto": :func:`napari_zup.selection.choose_method`, progress through
+    ``callback``; None when cancelled."""
+    from ..engine import ReconstructionCancelled
+    from ..selection import choose_method
+
+    try:
+        return choose_method(volume, factor, candidates=candidates, method_params=params,
+                             cancel=cancel, on_progress=lambda d, t, txt: callback((d, t, txt)))
+    except ReconstructionCancelled:
+        return None
