@@ -1,18 +1,25 @@
 """Flow widget: Farnebäck optical flow between neighbouring slices of a layer, shown as
-napari vectors (coloured by magnitude) and a colour-wheel image (hue = direction), updated
-as soon as a parameter changes."""
+napari vectors (coloured by magnitude) and a colour-wheel image (hue = direction, legend in
+the dock), updated as soon as a parameter changes.
+
+Defaults follow the data: the vector grid from the image size, the vector length from the
+flow magnitudes (so that arrows are visible, not just arrowheads), and a Farnebäck window no
+larger than a quarter of a small image (129 px on a 192 px image averages the flow of the
+whole slice into one almost uniform field)."""
 from __future__ import annotations
 
 import time
 
 import numpy as np
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
+    QLabel,
     QPushButton,
     QSpinBox,
 )
@@ -32,6 +39,48 @@ from ._common import (
 
 #: Wait this long after the last parameter change before recomputing (ms).
 DEBOUNCE_MS = 150
+#: About this many vectors across the smaller image side by default.
+VECTORS_ACROSS = 24
+#: The longest arrows (90th percentile of the magnitudes) are drawn this long, in grid steps.
+ARROW_STEPS = 0.8
+#: The default window is at most this fraction of the smaller image side.
+WINDOW_FRACTION = 0.25
+COLOURS_BESIDE = "beside the image"
+COLOURS_OVER = "over the image (40 %)"
+
+
+def default_step(h: int, w: int) -> int:
+    """Vector grid spacing (px) giving about :data:`VECTORS_ACROSS` vectors across."""
+    return int(np.clip(round(min(h, w) / VECTORS_ACROSS), 4, 64))
+
+
+def default_length(magnitudes, step: int) -> float:
+    """Vector length factor so that the 90th-percentile flow is drawn ARROW_STEPS grid steps
+    long (at least 1: never shorter than the flow itself), in steps of 0.5."""
+    mags = np.asarray(magnitudes, np.float64)
+    p90 = float(np.percentile(mags, 90)) if mags.size else 0.0
+    if p90 <= 1e-6:
+        return 1.0
+    return float(np.clip(np.round(2 * ARROW_STEPS * step / p90) / 2, 1.0, 20.0))
+
+
+def default_window(h: int, w: int, winsize: int) -> int:
+    """``winsize``, or an odd window of WINDOW_FRACTION of a smaller image (at least 15)."""
+    most = int(min(h, w) * WINDOW_FRACTION)
+    if winsize <= most:
+        return winsize
+    return max(15, most - (1 - most % 2))
+
+
+def colour_wheel(size: int = 72) -> np.ndarray:
+    """RGBA legend of :func:`flow_to_rgb`: hue = direction of motion, brightness = magnitude
+    (full at the rim), transparent outside the disc; +x to the right, +y down as in napari."""
+    c = (size - 1) / 2
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    flow = np.dstack([x - c, y - c]).astype(np.float32)
+    rgb = flow_to_rgb(flow, c)
+    alpha = (np.hypot(x - c, y - c) <= c).astype(np.uint8) * 255
+    return np.dstack([rgb, alpha])
 
 
 def compute_flows(volume, pairs, params: FarnebackParams, step: int):
@@ -94,9 +143,33 @@ class FlowWidget(DockWidget):
         form.addRow("poly sigma", self.poly_sigma)
         self.step = self._ispin(4, 256, 16)
         self.length = self._dspin(0.1, 20.0, 0.5, 2.0)
+        self.length.setToolTip("arrow length = flow × this; set from the flow magnitudes "
+                               "until you change it")
+        self.colours = QComboBox()
+        self.colours.addItems([COLOURS_BESIDE, COLOURS_OVER])
+        self.colours.setToolTip("where the colour-coded flow is drawn: next to the image (the "
+                                "EM stays visible) or over it, translucent")
         form.addRow("vector grid (px)", self.step)
         form.addRow("vector length ×", self.length)
+        form.addRow("colour flow", self.colours)
         self.layout().addLayout(form)
+        self.window_note = wrap_label()
+        self.window_note.setStyleSheet("color: #a0a0a0")
+        self.layout().addWidget(self.window_note)
+        legend = QHBoxLayout()
+        self.wheel = QLabel()
+        wheel = np.ascontiguousarray(colour_wheel())
+        self._wheel_image = QImage(wheel.data, wheel.shape[1], wheel.shape[0],
+                                   4 * wheel.shape[1], QImage.Format.Format_RGBA8888).copy()
+        self.wheel.setPixmap(QPixmap.fromImage(self._wheel_image))
+        self.wheel.setFixedSize(wheel.shape[1], wheel.shape[0])
+        legend.addWidget(self.wheel, 0, Qt.AlignmentFlag.AlignTop)
+        legend.addWidget(wrap_label(
+            "Colour flow: hue = direction of the motion from slice z to z+1 (right = red, "
+            "down = green-yellow, left = cyan, up = blue-violet), brightness = magnitude "
+            "(full brightness at the 99th percentile). Vectors: arrows coloured by magnitude "
+            "(turbo)."), 1)
+        self.layout().addLayout(legend)
         self.auto = QCheckBox("update at once (parameters, slice)")
         self.auto.setChecked(True)
         self.layout().addWidget(self.auto)
@@ -111,7 +184,14 @@ class FlowWidget(DockWidget):
             w.valueChanged.connect(self._changed)
         self.poly_n.currentIndexChanged.connect(self._changed)
         self.mode.currentIndexChanged.connect(self._changed)
+        self.colours.currentIndexChanged.connect(self._place_colours)
+        self._length_auto = True
+        self._step_auto = True
+        self._window_auto = True
         self.length.valueChanged.connect(self._set_length)
+        self.length.valueChanged.connect(lambda *_: setattr(self, "_length_auto", False))
+        self.step.valueChanged.connect(lambda *_: setattr(self, "_step_auto", False))
+        self.winsize.valueChanged.connect(lambda *_: setattr(self, "_window_auto", False))
         self.layer_combo.currentIndexChanged.connect(self._layer_changed)
         self.compute_button.clicked.connect(self.compute)
         self.viewer.dims.events.current_step.connect(self._dims_changed)
@@ -143,12 +223,32 @@ class FlowWidget(DockWidget):
         layer = self.layer_combo.layer()
         if layer is None or layer_problem(layer):
             return
-        n = layer_volume(layer).shape[0]
+        n, h, w = (int(v) for v in layer_volume(layer).shape)
         for s in (self.z0, self.z1):
             s.blockSignals(True)
             s.setRange(0, n - 2)
             s.blockSignals(False)
         self.z1.setValue(min(max(self.z1.value(), self.z0.value()), n - 2))
+        if self._step_auto:
+            self._set_quietly(self.step, default_step(h, w))
+        note = ""
+        if self._window_auto:
+            paper = FarnebackParams().winsize
+            win = default_window(h, w, paper)
+            self._set_quietly(self.winsize, win)
+            if win != paper:
+                note = (f"Window {win} px for this {min(h, w)} px image: the {paper} px "
+                        "default of of-linear / of-cubic would average the flow of most of the "
+                        f"slice into one almost uniform field. Reconstruct still uses {paper} px "
+                        "unless you set its window.")
+        self.window_note.setText(note)
+        self.window_note.setVisible(bool(note))
+
+    @staticmethod
+    def _set_quietly(spin, value):
+        spin.blockSignals(True)
+        spin.setValue(value)
+        spin.blockSignals(False)
 
     def _changed(self, *_):
         if self.auto.isChecked() and (self.vectors_layer is not None or self.rgb_layer is not None):
@@ -161,6 +261,21 @@ class FlowWidget(DockWidget):
     def _set_length(self, value):
         if self.vectors_layer is not None and self.vectors_layer in self.viewer.layers:
             self.vectors_layer.length = value
+
+    def _place_colours(self, *_):
+        """The colour-coded flow next to the image (one image width and a gap to the right),
+        or over it at 40 % opacity."""
+        lay = self.rgb_layer
+        if lay is None or lay not in self.viewer.layers or not hasattr(self, "_rgb_kw"):
+            return
+        tz, ty, tx = self._rgb_kw["translate"]
+        if self.colours.currentText() == COLOURS_BESIDE:
+            w = lay.data.shape[-2] * float(self._rgb_kw["scale"][-1])
+            lay.translate = (tz, ty, tx + 1.05 * w)
+            lay.opacity, lay.blending = 1.0, "translucent"
+        else:
+            lay.translate = (tz, ty, tx)
+            lay.opacity, lay.blending = 0.4, "translucent"
 
     def current_pair(self, layer) -> int:
         """First slice index (data coordinates) of the pair under the z slider."""
@@ -188,6 +303,10 @@ class FlowWidget(DockWidget):
         else:
             z0, z1 = sorted((self.z0.value(), self.z1.value()))
             pairs = list(range(z0, z1 + 1))
+        if not self.viewer.canvas.grid.enabled:
+            from ._compare import hide_names
+
+            hide_names(self.viewer)  # no panel names of a grid that is gone
         self._layer, self._pairs, self._params = layer, pairs, params
         self._results = []
         self._t0 = time.perf_counter()
@@ -236,14 +355,17 @@ class FlowWidget(DockWidget):
                         "farneback": self._params.as_dict(),
                         "note": "flow from slice k to k+1, drawn on slice k"}}
         base = f"{layer.name} flow"
+        if self._length_auto:
+            self._set_quietly(self.length, default_length(mag, self.step.value()))
+        self._rgb_kw = kw
         if self.rgb_layer is None or self.rgb_layer not in self.viewer.layers:
             self.rgb_layer = self.viewer.add_image(
-                rgb, rgb=True, name=f"{base} colours", opacity=0.7, metadata=meta, **kw)
+                rgb, rgb=True, name=f"{base} colours", metadata=meta, **kw)
         else:
             self.rgb_layer.data = rgb
-            self.rgb_layer.translate = kw["translate"]
             self.rgb_layer.scale = kw["scale"]
             self.rgb_layer.metadata = meta
+        self._place_colours()
         if self.vectors_layer is None or self.vectors_layer not in self.viewer.layers:
             self.vectors_layer = self.viewer.add_vectors(
                 vec, features={"magnitude": mag}, edge_color="magnitude",
@@ -252,6 +374,7 @@ class FlowWidget(DockWidget):
                 metadata=meta, **kw)
         else:
             lay = self.vectors_layer
+            lay.length = self.length.value()
             lay.data = vec
             lay.features = {"magnitude": mag}
             lay.edge_color = "magnitude"
