@@ -228,6 +228,8 @@ def choose_method(volume, factor, *, candidates=None, method_params=None, cancel
     finally:
         for obj in methods.values():
             obj.close()
+    if on_progress is not None and done < total:  # fewer crops than the upper bound
+        on_progress(total, total, f"auto: {n_crops} crop(s) scored")
     if not parts:
         raise ValueError("auto: no candidate method could run on this stack: " + "; ".join(
             f"{m}: {r}" for m, r in skipped.items()))
