@@ -254,6 +254,9 @@ class DockWidget(QWidget):
         self.viewer = napari_viewer
         self.setLayout(QVBoxLayout())
         self.layout().setContentsMargins(6, 6, 6, 6)
+        from ._voxel_banner import VoxelBanner  # "the file says 50 x 4 x 4 nm; this layer..."
+
+        self.voxel_banner = VoxelBanner(self)
 
     def add_run_buttons(self, run_text: str = "Run", cancel_text: str = "Cancel") -> None:
         """A Run / Cancel row (``self.run_button``, ``self.cancel_button``)."""
