@@ -219,7 +219,7 @@ def _choose_auto(args) -> str:
             check_output_path(Path(args.output), args.overwrite)
         except (ValueError, OSError) as exc:
             _fail(str(exc))
-    vol = _read(args.input, args.input_level)
+    vol = _read(args.input, args.input_level, args)
     try:
         validate_volume(vol.data)
     except ValueError as exc:
