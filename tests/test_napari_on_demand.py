@@ -1,7 +1,5 @@
 """Reconstruct on demand in a real viewer (pytest-qt under Xvfb): the whole output layer at
 once, filled in where the user looks, never blocking the GUI."""
-import time
-
 import numpy as np
 import pytest
 
@@ -22,9 +20,7 @@ def test_on_demand_layer_fills_in_as_the_slider_moves(viewer_with_sample, qtbot)
     viewer, src = viewer_with_sample
     eager = reconstruct(np.asarray(src.data), "of-linear", 4, method_params=OF)
     run = OnDemandRun(viewer, src, "of-linear", 4, method_params=OF)
-    t0 = time.perf_counter()
-    run.start()
-    assert time.perf_counter() - t0 < 1.0  # the whole layer is there at once
+    run.start()  # the whole layer is there at once; how long that takes: benchmarks/
     layer = run.layer
     assert layer.data.shape == eager.shape
     assert layer.scale[0] == pytest.approx(src.scale[0] / 4)
