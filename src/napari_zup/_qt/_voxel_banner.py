@@ -20,8 +20,8 @@ from ._common import LayerCombo, notify_info, wrap_label
 #: with a trailing separator).
 PREFERRED_PATTERNS = ("*.tif", "*.tiff", "*.zarr", "*.zarr/")
 PLUGIN = "napari-zup"
-UNDO_HINT = ("To undo: Preferences > Plugins > File extension readers (napari setting "
-             "plugins.extension2reader); remove the .tif/.tiff/.zarr rows.")
+UNDO_HINT = ("The second button changes a napari setting; to undo it, remove the "
+             ".tif/.tiff/.zarr rows in Preferences > Plugins > File extension readers.")
 
 
 def _fmt(voxel, unit: str) -> str:
@@ -106,7 +106,7 @@ class VoxelBanner(QFrame):
         self.prefer_button = QPushButton("Always open .tif/.tiff/.zarr with napari-zup")
         self.prefer_button.setToolTip(
             "Changes napari's reader preference so that dropped or opened TIFF and Zarr files "
-            "keep their voxel size. " + UNDO_HINT)
+            "keep their voxel size (napari setting plugins.extension2reader). " + UNDO_HINT)
         self.prefer_button.clicked.connect(self.prefer)
         self.undo_hint = wrap_label(UNDO_HINT)
         for w in (self.message, self.apply_button, self.prefer_button, self.undo_hint):
@@ -154,9 +154,9 @@ class VoxelBanner(QFrame):
             return
         voxel, unit = self.found
         self.message.setText(
-            f"The file says {_fmt(voxel, unit)} (z x y x x); this layer has no voxel size "
-            f"(it was opened with scale 1, 1, 1, e.g. by napari's builtin reader), so the "
-            f"factor for an isotropic result cannot be filled in.")
+            f"The file says {_fmt(voxel, unit)} (z, y, x); this layer has no voxel size "
+            f"(scale 1, 1, 1: napari's builtin reader ignores it), so the factor for an "
+            f"isotropic result cannot be pre-filled.")
         self.apply_button.setText(f"Apply {_fmt(voxel, unit)} to '{layer.name}'")
         done = preferred_reader_set()
         self.prefer_button.setEnabled(not done)
@@ -185,6 +185,6 @@ class VoxelBanner(QFrame):
 
     def prefer(self) -> None:
         prefer_napari_zup()
-        notify_info("napari-zup is now napari's preferred reader for .tif/.tiff/.zarr. "
-                    + UNDO_HINT)
+        notify_info("napari-zup is now napari's preferred reader for .tif/.tiff/.zarr; to undo "
+                    "it, remove those rows in Preferences > Plugins > File extension readers.")
         self.check()
