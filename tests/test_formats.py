@@ -251,3 +251,14 @@ def test_cli_reconstructs_a_folder_a_glob_and_an_hdf5_dataset(tmp_path, crop, cr
     proc = zup("reconstruct", cremi, tmp_path / "none.tif", "--factor", "2")
     assert proc.returncode == 2 and "several 3D datasets" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "none.tif").exists()
+
+
+def test_cli_distributed_run_reads_an_hdf5_dataset_in_its_workers(tmp_path, cremi):
+    spec = f"{cremi}:/volumes/raw"
+    one = zup("reconstruct", spec, tmp_path / "one.zarr", "--method", "cubic", "--factor", "4")
+    two = zup("reconstruct", spec, tmp_path / "two.zarr", "--method", "cubic", "--factor", "4",
+              "--workers", "2")
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    a, b = read_volume(tmp_path / "one.zarr"), read_volume(tmp_path / "two.zarr")
+    np.testing.assert_array_equal(np.asarray(a.data), np.asarray(b.data))
+    assert b.voxel_size == pytest.approx((10.0, 4.0, 4.0))
