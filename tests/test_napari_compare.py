@@ -154,3 +154,16 @@ def test_learned_methods_run_in_compare_with_bundled_and_chosen_checkpoints(
     assert np.abs(film.data.astype(int) - ref.astype(int)).max() <= 1
     assert tsain.metadata["zup"]["status"] == "done" and tsain.data[1].any()
     assert not np.array_equal(film.data, viewer.layers[f"{layer.name} · linear ×2"].data)
+
+
+def test_checkpoint_summary_says_what_a_checkpoint_was_adapted_on(tmp_path):
+    from napari_zup._qt._methods import checkpoint_summary
+    from napari_zup.checkpoints import default_checkpoint, load_checkpoint, save_checkpoint
+
+    state, meta = load_checkpoint(default_checkpoint("film"))
+    meta = dict(meta, adapted_on={"file": "my_stack.tif", "steps": 40})
+    meta.pop("tensors_sha256", None)
+    path = save_checkpoint(tmp_path / "adapted.safetensors", state, meta)
+    assert checkpoint_summary("film", path) == "trained ×1–×8, adapted on my_stack.tif"
+    assert checkpoint_summary("film", path, short=True) == "trained ×1–×8, adapted"
+    assert "on fibsem_flyem" in checkpoint_summary("film")

@@ -117,5 +117,5 @@ def test_learned_method_in_evaluate(qtbot, make_napari_viewer):
     assert w.scores["film"].psnr == pytest.approx(ref.psnr, abs=0.05)
     assert w.table.item(1, 0).text() == "film"
     # F = 2: one bar per method (mean SSIM of the restored slices)
-    heights = [p.get_height() for p in w.ax.patches]
+    heights = [p.get_width() for p in w.ax.patches]
     np.testing.assert_allclose(heights, [w.scores["linear"].ssim, w.scores["film"].ssim])

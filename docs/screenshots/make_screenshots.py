@@ -3,7 +3,9 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/screenshots/make_screenshots.py
 
 Writes reconstruct.png, reconstruct_streaming.png, reconstruct_cluster.png, compare.png,
-evaluate.png and flow.png next to this script, all on the FIB-SEM sample shipped with the plugin.
+evaluate.png, evaluate_side_by_side.png and flow.png next to this script, all on the FIB-SEM
+sample shipped with the plugin (Compare with film, Evaluate as self-evaluation on the
+anisotropic sample).
 """
 from __future__ import annotations
 
@@ -76,9 +78,9 @@ def reconstruct():
 def compare():
     viewer = new_viewer()
     w = dock(viewer, "Compare")
-    w.methods.set_selected(["linear", "cubic", "of-linear"])
+    w.methods.set_selected(["linear", "of-cubic", "film"])
     w.start()
-    wait(lambda: not w.running)
+    wait(lambda: not w.running, timeout=900)
     w.view_buttons["xz"].click()
     viewer.dims.set_point(1, 10.0 * 96)
     pump()
@@ -88,18 +90,15 @@ def compare():
 
 
 def evaluate():
-    viewer = new_viewer(("isotropic",))
+    """Self-evaluation on the anisotropic sample (the default for an anisotropic layer)."""
+    viewer = new_viewer()
     w = dock(viewer, "Evaluate")
-    w.methods.set_selected(["linear", "cubic", "of-linear", "of-cubic"])
+    w.methods.set_selected(["linear", "cubic", "of-linear", "of-cubic", "film"])
     w.start()
-    wait(lambda: len(w.scores) == 4 and not w.worker.is_running)
+    wait(lambda: len(w.scores) == 5 and not w.worker.is_running, timeout=900)
     pump()
-    for m, lay in w.restored_layers.items():
-        lay.visible = m == "of-linear"
-    for m, lay in w.error_layers.items():
-        lay.visible = m == "of-linear"
-    viewer.layers[0].visible = False
-    viewer.dims.set_point(0, 10.0 * 62)  # a restored slice
+    w.map_combo.setCurrentText("linear")
+    viewer.dims.set_point(0, 40.0 * 15)  # a restored section (odd index)
     viewer.reset_view()
     shot(viewer, "evaluate.png")
     w.side_button.click()
@@ -112,9 +111,7 @@ def flow():
     viewer = new_viewer()
     w = dock(viewer, "Flow")
     viewer.dims.set_point(0, 40.0 * 12)
-    w.step.setValue(12)
-    w.length.setValue(3.0)
-    w.compute()
+    w.compute()  # default grid, length and window: chosen from the image and the flow
     wait(lambda: w.last_stats.get("pairs") == [12])
     pump()
     viewer.reset_view()
@@ -156,7 +153,7 @@ def streaming():
 
     from napari_zup._qt._compare import show_names
 
-    show_names(viewer.layers)
+    show_names(viewer, viewer.layers)
     viewer.canvas.grid.enabled = True  # input (left) and the half-filled output (right)
     viewer.canvas.background_color_override = "#3b3f4a"  # so the empty part shows as black
     set_orientation(viewer, "xz")
@@ -202,7 +199,7 @@ def cluster():
     run = w.start()
     wait(lambda: run.layer is not None and run.done >= 3)
     pump(1.0)
-    show_names(viewer.layers)
+    show_names(viewer, viewer.layers)
     viewer.canvas.grid.enabled = True
     viewer.canvas.background_color_override = "#3b3f4a"
     set_orientation(viewer, "xz")

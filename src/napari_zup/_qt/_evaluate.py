@@ -69,7 +69,7 @@ def error_colormap():
 
     t = np.linspace(0.0, 1.0, 32)
     colors = colormaps["inferno"](0.35 + 0.65 * t)
-    colors[:, 3] = np.clip((t - 0.08) / 0.5, 0.0, 1.0) ** 0.8
+    colors[:, 3] = np.clip((t - 0.12) / 0.55, 0.0, 1.0) ** 0.8
     return Colormap(colors=colors, controls=t, name="zup error |R-G|")
 
 
@@ -194,6 +194,11 @@ class EvaluateWidget(DockWidget):
         self._mode_changed()
 
     def _mode_changed(self, *_):
+        if self.self_mode and self.factor_spin.isEnabled():
+            self._drop_factor = self.factor_spin.value()
+            self.factor_spin.setValue(2)  # self-evaluation keeps every second section
+        elif not self.self_mode and not self.factor_spin.isEnabled():
+            self.factor_spin.setValue(getattr(self, "_drop_factor", 4))
         self.factor_spin.setEnabled(not self.self_mode)
         layer = self.layer_combo.layer()
         if not self.self_mode:
@@ -247,11 +252,17 @@ class EvaluateWidget(DockWidget):
         if names and f == 2:
             vals = [ssim_by_position(self.scores[m], 2).get(1, np.nan) for m in names]
             colors = [f"C{k}" for k in range(len(names))]
-            self.ax.bar(range(len(names)), vals, color=colors, label=None)
-            self.ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-            lo = np.nanmin(vals)
-            self.ax.set_ylim(max(0.0, lo - 0.1 * (1 - lo) - 0.02), min(1.0, np.nanmax(vals) + 0.02))
-            self.ax.set_title("restored sections", color="#d0d0d0", fontsize=9)
+            # horizontal bars: the method names stay readable however narrow the dock is
+            pos = np.arange(len(names))[::-1]
+            bars = self.ax.barh(pos, vals, color=colors, label=None)
+            self.ax.bar_label(bars, fmt="%.3f", color="#d0d0d0", fontsize=7, padding=2)
+            self.ax.set_yticks(pos, [self._labels.get(m, m) for m in names])
+            lo, hi = np.nanmin(vals), np.nanmax(vals)
+            self.ax.set_xlim(max(0.0, lo - 0.3 * (hi - lo) - 0.02),
+                             min(1.0, hi + 0.25 * (hi - lo) + 0.02))
+            self.ax.set_ylabel("")
+            self.ax.set_xlabel("mean SSIM of the restored slices", color="#d0d0d0",
+                               fontsize=9)
         elif names:
             for k, m in enumerate(names):
                 by = ssim_by_position(self.scores[m], f)
@@ -433,6 +444,8 @@ class EvaluateWidget(DockWidget):
                 lay.visible = False
         if self._layer in layers:
             self._layer.visible = True
+        if self.error_layers[method] in layers:  # its controls in napari's layer panel
+            layers.selection.active = self.error_layers[method]
 
     def _fit_table(self):
         t = self.table

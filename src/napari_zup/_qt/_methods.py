@@ -21,8 +21,9 @@ BUNDLED = "bundled"
 CHOOSE_FILE = "choose a file…"
 
 
-def checkpoint_summary(method: str, path=None) -> str:
-    """One line on a checkpoint: trained factor range and what it was trained or adapted on."""
+def checkpoint_summary(method: str, path=None, short: bool = False) -> str:
+    """One line on a checkpoint: trained factor range and what it was trained or adapted on
+    (``short``: the factor range, and "adapted" when it was adapted to a stack)."""
     path = path or default_checkpoint(method)
     if path is None:
         return "no bundled checkpoint: choose a file (zup train)"
@@ -36,9 +37,12 @@ def checkpoint_summary(method: str, path=None) -> str:
         lo, hi = float(rng[0]), float(rng[1])
         parts.append(f"trained ×{lo:g}" if lo == hi else f"trained ×{lo:g}–×{hi:g}")
     adapted = meta.get("adapted_on")
-    if adapted:
-        parts.append(f"adapted on {adapted}")
-    else:
+    if adapted and short:
+        parts.append("adapted")
+    elif adapted:
+        where = adapted.get("file", "a stack") if isinstance(adapted, dict) else adapted
+        parts.append(f"adapted on {where}")
+    elif not short:
         data = (meta.get("training") or {}).get("data") if isinstance(
             meta.get("training"), dict) else None
         if data:
@@ -101,14 +105,12 @@ class MethodPicker(QGroupBox):
         if method in self._files:
             combo.setCurrentIndex(combo.count() - 2)
         combo.blockSignals(False)
-        self.checkpoint_labels[method].setText(
-            checkpoint_summary(method, self._files.get(method)))
+        self._describe(method)
 
     def _chosen(self, method: str, index: int) -> None:
         text = self.checkpoint_combos[method].itemText(index)
         if text != CHOOSE_FILE:
-            self.checkpoint_labels[method].setText(
-                checkpoint_summary(method, self.checkpoint(method)))
+            self._describe(method)
             return
         path, _ = QFileDialog.getOpenFileName(self, f"{method} checkpoint", "",
                                               "Checkpoints (*.safetensors *.pt)")
@@ -116,6 +118,12 @@ class MethodPicker(QGroupBox):
             self.set_checkpoint(method, path)
         else:
             self._fill(method)
+
+    def _describe(self, method: str) -> None:
+        path = self.checkpoint(method) if self.checkpoint_combos[method].count() else None
+        label = self.checkpoint_labels[method]
+        label.setText(checkpoint_summary(method, path, short=True))
+        label.setToolTip(checkpoint_summary(method, path))
 
     def set_checkpoint(self, method: str, path) -> None:
         """Use the checkpoint file ``path`` for ``method`` (None: the bundled one)."""
