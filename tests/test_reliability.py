@@ -443,3 +443,21 @@ def test_json_scores_are_written_whole(tmp_path, capsys):
     assert rc == 0, err
     assert "linear" in json.loads((tmp_path / "s.json").read_text())
     assert sorted(os.listdir(tmp_path)) == ["s.json", "x.tif"]
+
+
+def test_options_that_would_be_ignored_are_refused(tmp_path, capsys):
+    stack(tmp_path / "x.tif", n=4, voxel=(4.0, 4.0, 4.0))
+    base_args = ["reconstruct", tmp_path / "x.tif", tmp_path / "o.zarr", "--method", "linear",
+                 "--factor", "2"]
+    for extra, needle in [(["--chunks", "4", "16", "16"], "--chunks"),
+                          (["--pyramid-levels", "2"], "--pyramid-levels"),
+                          (["--no-resume"], "--no-resume"),
+                          (["--input-level", "1"], "--input-level"),
+                          (["--unit", "um"], "--unit goes with --voxel-size"),
+                          (["--voxel-size", "4", "0", "4"], "three positive numbers"),
+                          (["--voxel-size", "4", "4", "4", "--unit", "furlong"], "furlong")]:
+        rc, err = run(capsys, *base_args, *extra)
+        one_line_error(rc, err, needle)
+    rc, err = run(capsys, "flow", tmp_path / "x.tif", tmp_path / "f.tif", "--max-magnitude", "3")
+    one_line_error(rc, err, "--rgb")
+    assert sorted(os.listdir(tmp_path)) == ["x.tif"]

@@ -22,8 +22,9 @@ import numpy as np
 from . import __version__, grid
 from .checkpoints import factor_warning
 from .engine import Progress, iter_reconstruct, make_plan, validate_volume
-from .io import (Volume, VolumeReadError, check_not_input, check_output_path, output_dtype,
-                 output_voxel_size, read_volume, write_volume)
+from .io import (UNKNOWN_UNIT, Volume, VolumeReadError, check_not_input, check_output_path,
+                 is_pixel_unit, output_dtype, output_voxel_size, read_volume, unit_factor,
+                 write_volume)
 from .methods.base import create_method, get_info, method_infos
 
 #: `zup train METHOD ...` is handed to "module:function"(method, argv) of the learned methods.
@@ -129,24 +130,45 @@ def _check_method(method: str, params: dict) -> None:
         _fail(f"method {method!r}: {exc}")
 
 
+def _given_voxel_size(args):
+    """``--voxel-size Z Y X`` and ``--unit`` -> (voxel in nm (or pixels), unit), or None."""
+    import math
+
+    given = getattr(args, "voxel_size", None)
+    unit = getattr(args, "unit", None)
+    if not given:
+        if unit:
+            _fail("--unit goes with --voxel-size Z Y X")
+        return None
+    if len(given) != 3 or not all(math.isfinite(v) and v > 0 for v in given):
+        _fail(f"--voxel-size: three positive numbers Z Y X, got {' '.join(map(str, given))}")
+    try:
+        to_nm = unit_factor(unit or "nm")
+    except VolumeReadError:
+        _fail(f"--unit {unit!r}: not a length unit; use nm, um, mm, angstrom (or pixel)")
+    if is_pixel_unit(unit):
+        return tuple(float(v) for v in given), UNKNOWN_UNIT
+    return tuple(float(v) * to_nm for v in given), "nm"
+
+
 def _read(path: str, level: int = 0, args=None) -> Volume:
     """Read the input; ``--voxel-size Z Y X`` / ``--unit`` in ``args`` replace what the file
     records (or supply what it does not)."""
+    given = _given_voxel_size(args)
+    if level and not (Path(path).is_dir() or Path(path).suffix.lower() == ".zarr"):
+        _fail(f"--input-level {level}: {Path(path).name!r} is not an OME-Zarr store with "
+              "levels; leave it out")
     try:
         vol = read_volume(path, level=level)
     except VolumeReadError as exc:
         _fail(str(exc))
-    given = getattr(args, "voxel_size", None)
     if given:
-        if len(given) != 3 or min(given) <= 0:
-            _fail(f"--voxel-size: three positive numbers Z Y X, got {given}")
-        unit = args.unit or "nm"
-        if vol.voxel_size and tuple(vol.voxel_size) != tuple(given):
-            print(f"zup: note: --voxel-size {given} replaces the file's "
-                  f"{tuple(round(v, 6) for v in vol.voxel_size)} {vol.unit}", file=sys.stderr)
-        vol = Volume(vol.data, tuple(float(v) for v in given), unit, vol.metadata, vol.path)
-    elif getattr(args, "unit", None):
-        _fail("--unit goes with --voxel-size Z Y X")
+        voxel, unit = given
+        if vol.voxel_size and not np.allclose(vol.voxel_size, voxel):
+            print(f"zup: note: --voxel-size {' x '.join(f'{v:g}' for v in voxel)} {unit} "
+                  f"replaces the file's {' x '.join(f'{v:g}' for v in vol.voxel_size)} "
+                  f"{vol.unit}", file=sys.stderr)
+        vol = Volume(vol.data, voxel, unit, vol.metadata, vol.path)
     return vol
 
 
@@ -260,6 +282,11 @@ def cmd_reconstruct(args) -> int:
         except ImportError:
             _fail("--workers/--scheduler need the 'distributed' extra: "
                   "pip install 'napari-zup[distributed]'")
+    else:
+        unused = [o for o, v in (("--chunks", args.chunks), ("--pyramid-levels",
+                                 args.pyramid_levels), ("--no-resume", args.no_resume)) if v]
+        if unused:
+            _fail(f"{unused[0]} applies to cluster runs only (--workers N or --scheduler)")
     raw = parse_params(args)
     _refuse_unused([args.method], raw)
     params = _method_params(args.method, raw)
@@ -522,6 +549,8 @@ def cmd_flow(args) -> int:
     from .engine import volume_value_range
 
     out = Path(args.output)
+    if args.max_magnitude is not None and not args.rgb:
+        _fail("--max-magnitude sets the colour scale of --rgb; add --rgb or leave it out")
     given = parse_params(args)
     unknown = sorted(set(given) - set(FarnebackParams.__dataclass_fields__))
     if unknown:

@@ -195,7 +195,7 @@ def _tiff_voxel_size(tif):
             for ax in "ZYX":
                 v = pix.get(f"PhysicalSize{ax}")
                 u = pix.get(f"PhysicalSize{ax}Unit", "µm")
-                sizes.append(float(v) * _unit_factor(u) if v else None)
+                sizes.append(float(v) * unit_factor(u) if v else None)
             z, y, x = sizes
             meta["ome"] = True
         except (ET.ParseError, StopIteration, ValueError):
@@ -203,8 +203,8 @@ def _tiff_voxel_size(tif):
     if tif.is_imagej and (z is None or x is None):
         ij = tif.imagej_metadata or {}
         meta["imagej"] = {k: v for k, v in ij.items() if isinstance(v, (str, int, float))}
-        factor = _unit_factor(ij.get("unit", "nm")) if ij.get("unit") else None
-        if _is_pixel_unit(ij.get("unit")):  # written without a known voxel size
+        factor = unit_factor(ij.get("unit", "nm")) if ij.get("unit") else None
+        if is_pixel_unit(ij.get("unit")):  # written without a known voxel size
             factor, unit = 1.0, UNKNOWN_UNIT
         page = tif.pages[0]
         res = page.tags.get("XResolution")
@@ -223,19 +223,23 @@ def _tiff_voxel_size(tif):
     return (float(z), float(y), float(x)), unit, meta
 
 
-def _is_pixel_unit(unit) -> bool:
+def is_pixel_unit(unit) -> bool:
     return str(unit or "").strip().lower() in ("pixel", "pixels", "px")
 
 
-def _unit_factor(unit: str) -> float:
+def unit_factor(unit: str) -> float:
+    """nm per ``unit`` (1 for pixel); VolumeReadError for a unit that is not a length."""
     u = str(unit).strip().lower().replace("\\u00b5", "µ")
-    if _is_pixel_unit(u):
+    if is_pixel_unit(u):
         return 1.0
     if u in ("micron", "microns", "um", "µm", "μm"):
         return 1e3
     if u in _UNIT_TO_NM:
         return _UNIT_TO_NM[u]
     raise VolumeReadError(f"unknown length unit {unit!r} in the file's metadata")
+
+
+_unit_factor = unit_factor  # the name other readers (formats.py) import
 
 
 def _refuse_unfinished_run(p: Path, zup) -> None:
@@ -288,8 +292,8 @@ def _read_zarr(p: Path, level: int) -> Volume:
                 f"({type(exc).__name__}: {exc}); fix the .zattrs / zarr.json, or open the array "
                 "inside the store directly (e.g. path/to/store.zarr/0)"
             ) from None
-        if voxel is not None and unit and not _is_pixel_unit(unit):
-            voxel, unit = tuple(v * _unit_factor(unit) for v in voxel), "nm"
+        if voxel is not None and unit and not is_pixel_unit(unit):
+            voxel, unit = tuple(v * unit_factor(unit) for v in voxel), "nm"
         elif voxel is not None:  # a scale without a unit: sizes in pixels, honestly
             unit = UNKNOWN_UNIT
         meta = {"ome_zarr": True, "level": level, "levels": len(datasets),
@@ -508,7 +512,7 @@ def _write_tiff(tmp: Path, items, shape, dtype, voxel_size, unit, metadata, nbyt
 
     slices = _ordered_slices(items, shape)
     extra = {"zup": json.dumps(metadata)} if metadata else {}
-    known = bool(voxel_size) and not _is_pixel_unit(unit)
+    known = bool(voxel_size) and not is_pixel_unit(unit)
     if nbytes < BIGTIFF_BYTES:
         # Unknown voxel size: ImageJ's unit "pixel" (not a made-up "nm"); a z spacing in
         # pixels (e.g. 1/F after a reconstruction) is still written.
@@ -555,7 +559,7 @@ def _ome_axis(name: str, unit) -> dict:
     """An OME-Zarr axis; an unknown unit (no voxel size, or sizes in pixels) is left out
     rather than claimed (the spec's units are physical)."""
     axis = {"name": name, "type": "space"}
-    if unit and not _is_pixel_unit(unit):
+    if unit and not is_pixel_unit(unit):
         axis["unit"] = _ome_unit(unit)
     return axis
 
