@@ -188,7 +188,10 @@ def choose_method(volume, factor, *, candidates=None, method_params=None, cancel
         else:
             runnable.append(m)
     corners, (ch, cw) = sample_crops(h, w)
-    n_restored_full = len(grid.restored_output_indices(z, f))
+    # At F = 2 the sample restores one slice per interval; a pair method's cost is mostly per
+    # interval (flows, features), so the run is estimated per interval, never above its number
+    # of restored slices: an underestimate, which keeps the sample within the budget.
+    n_restored_full = min(len(grid.restored_output_indices(z, f)), z - 1)
     area_ratio = (h * w) / (ch * cw)
     parts: dict[str, list[MethodScore]] = {m: [] for m in runnable}
     methods = {}
@@ -223,7 +226,7 @@ def choose_method(volume, factor, *, candidates=None, method_params=None, cancel
                 break
             merged = {m: _merge(p) for m, p in parts.items()}
             winner, _ = rank(merged)
-            # time per restored crop slice -> the whole reconstruction with the winner
+            # time per restored crop slice (= per interval) -> the run with the winner
             estimate = merged[winner].seconds_per_slice * area_ratio * n_restored_full
     finally:
         for obj in methods.values():
