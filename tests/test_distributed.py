@@ -114,7 +114,13 @@ def test_tiff_and_dask_inputs(client, crop, tmp_path):
     assert va.voxel_size == pytest.approx((20.0, 10.0, 10.0))
     b = zd.reconstruct_to_zarr(da.from_array(crop, chunks=(5, 64, 64)), tmp_path / "b.zarr",
                                "cubic", 2, client=client, chunks=(6, 64, 64), levels=2)
-    np.testing.assert_array_equal(io.read_volume(b).data.compute(), ref)
+    vb = io.read_volume(b)
+    np.testing.assert_array_equal(vb.data.compute(), ref)
+    # no voxel size given or recorded: pixels, no claimed unit, the z step still divided by F
+    ms = dict(zarr.open_group(str(b), mode="r").attrs)["multiscales"][0]
+    assert all("unit" not in ax for ax in ms["axes"])
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [0.5, 1.0, 1.0]
+    assert vb.unit == io.UNKNOWN_UNIT and vb.voxel_size == pytest.approx((0.5, 1.0, 1.0))
 
 
 def test_resume_after_cancel_is_bit_identical(client, in_zarr, tmp_path):
@@ -138,6 +144,12 @@ def test_resume_after_cancel_is_bit_identical(client, in_zarr, tmp_path):
     assert 5 <= n_marked < total
     with pytest.raises(zd.OutputConflict, match="resume"):
         zd.reconstruct_to_zarr(in_zarr, out, "of-linear", 4, resume=False, **kw)
+    # the unfinished store is not read as input (its missing chunks would read as zeros)
+    with pytest.raises(io.VolumeReadError, match="unfinished") as exc:
+        io.read_volume(out)
+    assert f"{out} --method of-linear --factor 4" in str(exc.value)
+    with pytest.raises(io.VolumeReadError, match="unfinished"):
+        zd.reconstruct_to_zarr(out, tmp_path / "next.zarr", "linear", 2, client=client)
 
     seen = []
     zd.reconstruct_to_zarr(in_zarr, out, "of-linear", 4, progress=lambda d, n: seen.append(d),
