@@ -49,6 +49,9 @@ def _slices(folder, stack, voxel=None):
 def test_viewer_opens_a_slice_folder_with_scale_and_units(make_napari_viewer, tmp_path, crop):
     folder = _slices(tmp_path / "slices", crop, (40.0, 10.0, 10.0))
     viewer = make_napari_viewer()
+    from napari.plugins import _npe2
+
+    assert "napari-zup" in _npe2.get_readers(str(folder))  # offered when a folder is dropped
     layer, = viewer.open(str(folder), plugin="napari-zup")
     np.testing.assert_array_equal(np.asarray(layer.data), crop)
     assert tuple(layer.scale) == pytest.approx((40.0, 10.0, 10.0))
@@ -91,6 +94,16 @@ def test_viewer_opens_mrc_with_header_voxel_size(make_napari_viewer, tmp_path, c
     layer, = viewer.open(str(p), plugin="napari-zup")
     assert tuple(layer.scale) == pytest.approx((16.0, 4.0, 4.0))
     np.testing.assert_array_equal(np.asarray(layer.data), crop)
+    # no other reader claims .mrc: dropping it opens it with napari-zup, no dialog
+    from napari.plugins import _npe2
+    from qtpy.QtCore import QUrl
+
+    assert "napari-zup" in _npe2.get_readers(str(p))
+    viewer.window._qt_viewer._open_from_list_of_urls_data(
+        [QUrl.fromLocalFile(str(p))], stack=False, choose_plugin=False)
+    dropped = viewer.layers[-1]
+    assert dropped is not layer and dropped.source.reader_plugin == "napari-zup"
+    assert tuple(dropped.scale) == pytest.approx((16.0, 4.0, 4.0))
 
 
 def test_reader_error_names_the_odd_slice(tmp_path, crop):
