@@ -535,7 +535,10 @@ def _maps_dir(args, names: list[str]) -> Path:
 
 def _write_text(p: Path, text: str) -> None:
     """Write under a temporary name and rename: an interrupted write leaves no half file."""
-    tmp = p.with_name(f".{p.name}.partial-{os.getpid()}")
+    from .io import _partial_name, remove_stale_partials
+
+    remove_stale_partials(p)
+    tmp = _partial_name(p)
     try:
         tmp.write_text(text)
         os.replace(tmp, p)

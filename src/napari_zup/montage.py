@@ -68,9 +68,12 @@ def save_montage(path, input_volume, output_volume, factor, title: str = "") -> 
     if title:
         fig.suptitle(title)
     p = Path(path)
-    tmp = p.with_name(f".{p.stem}.partial-{os.getpid()}{p.suffix}")  # no half-written image
+    from .io import _partial_name, remove_stale_partials
+
+    remove_stale_partials(p)
+    tmp = _partial_name(p)  # no half-written image under the real name
     try:
-        fig.savefig(tmp, dpi=110)
+        fig.savefig(tmp, dpi=110, format=p.suffix.lstrip(".").lower().replace("jpg", "jpeg"))
         os.replace(tmp, p)
     finally:
         plt.close(fig)
