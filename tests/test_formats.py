@@ -262,3 +262,31 @@ def test_cli_distributed_run_reads_an_hdf5_dataset_in_its_workers(tmp_path, crem
     a, b = read_volume(tmp_path / "one.zarr"), read_volume(tmp_path / "two.zarr")
     np.testing.assert_array_equal(np.asarray(a.data), np.asarray(b.data))
     assert b.voxel_size == pytest.approx((10.0, 4.0, 4.0))
+
+
+def test_an_output_that_is_one_of_the_globbed_slices_is_refused(tmp_path, crop):
+    folder = write_slices(tmp_path / "g", crop)
+    before = (folder / "slice3.tif").read_bytes()
+    proc = zup("reconstruct", f"{folder}/slice*.tif", folder / "slice3.tif", "--factor", "2",
+               "--method", "linear", "--overwrite")
+    assert proc.returncode == 2 and "is the input" in proc.stderr, proc.stderr
+    assert (folder / "slice3.tif").read_bytes() == before
+    proc = zup("reconstruct", folder, folder / "inside.tif", "--factor", "2")
+    assert proc.returncode == 2 and "is the input" in proc.stderr
+    assert not (folder / "inside.tif").exists()
+
+
+def test_a_size_in_pixels_is_no_voxel_size(tmp_path, crop):
+    folder = tmp_path / "px"
+    folder.mkdir()
+    for z, sl in enumerate(crop):
+        tifffile.imwrite(folder / f"s{z}.tif", sl, imagej=True, resolution=(1.0, 1.0),
+                         metadata={"spacing": 1.0, "unit": "pixel"})
+    vol = read_volume(folder)
+    assert vol.voxel_size is None
+    assert "pixel_size_yx" not in vol.metadata
+    p = tmp_path / "px.h5"
+    with h5py.File(p, "w") as f:
+        ds = f.create_dataset("raw", data=crop)
+        ds.attrs["resolution"], ds.attrs["unit"] = (4.0, 1.0, 1.0), "pixel"
+    assert read_volume(p).voxel_size is None

@@ -53,6 +53,18 @@ def format_of(path) -> str | None:
     return None
 
 
+def input_paths(spec) -> list[str]:
+    """The files or folders an input names: a glob's matches, an HDF5 spec's file, else itself
+    (what :func:`napari_zup.io.check_not_input` compares an output with)."""
+    text = str(spec)
+    kind = format_of(text)
+    if kind == "slices" and not Path(text).is_dir():
+        return sorted(glob.glob(text)) or [text]
+    if kind == "hdf5":
+        return [split_hdf5(text)[0]]
+    return [text]
+
+
 def read_format(path, kind: str | None = None, lazy: bool | None = None) -> Volume:
     """Read ``path`` with the reader :func:`format_of` names."""
     kind = kind or format_of(path)
@@ -213,26 +225,28 @@ class SliceStack:
 
 
 def _first_slice_voxel_size(f: Path):
-    """(voxel size or None, xy pixel size or None) from the first TIFF slice's metadata."""
+    """(voxel size or None, unit, xy pixel size or None) from the first TIFF slice's metadata
+    (a size in pixels is no voxel size)."""
     if f.suffix.lower() == ".png":
-        return None, None
+        return None, "nm", None
     import tifffile
 
-    from .io import _tiff_voxel_size, _unit_factor
+    from .io import _tiff_voxel_size, is_pixel_unit, unit_factor
 
     try:
         with tifffile.TiffFile(f) as tif:
-            voxel, _, _ = _tiff_voxel_size(tif)
-            if voxel is not None:
-                return voxel, (voxel[1], voxel[2])
+            voxel, unit, _ = _tiff_voxel_size(tif)
+            if voxel is not None and not is_pixel_unit(unit):
+                return voxel, unit, (voxel[1], voxel[2])
             ij = (tif.imagej_metadata or {}) if tif.is_imagej else {}
             res = tif.pages[0].tags.get("XResolution")
-            if ij.get("unit") and res is not None and res.value[0]:
-                x = res.value[1] / res.value[0] * _unit_factor(ij["unit"])
-                return None, (x, x)
+            if ij.get("unit") and not is_pixel_unit(ij["unit"]) and res is not None \
+                    and res.value[0]:
+                x = res.value[1] / res.value[0] * unit_factor(ij["unit"])
+                return None, "nm", (x, x)
     except Exception:  # metadata is a bonus: an unreadable tag is no voxel size
-        return None, None
-    return None, None
+        pass
+    return None, "nm", None
 
 
 def read_slices(spec, lazy: bool | None = None) -> Volume:
@@ -253,12 +267,12 @@ def read_slices(spec, lazy: bool | None = None) -> Volume:
                 "slice must have the same size and type (remove or fix that file)")
     stack = SliceStack(files, shape, dtype)
     data = _as_dask(stack) if _use_lazy(stack.shape, dtype, lazy) else stack[:]
-    voxel, yx = _first_slice_voxel_size(files[0])
+    voxel, unit, yx = _first_slice_voxel_size(files[0])
     meta = {"format": "slices", "files": len(files), "first": files[0].name,
             "last": files[-1].name}
     if yx is not None:
         meta["pixel_size_yx"] = tuple(float(v) for v in yx)
-    return Volume(data, voxel, "nm", meta, str(spec))
+    return Volume(data, voxel, unit, meta, str(spec))
 
 
 # -- HDF5 ---------------------------------------------------------------------------------------
@@ -310,7 +324,7 @@ def _describe(datasets) -> str:
 
 
 def _hdf5_voxel_size(ds):
-    from .io import _unit_factor
+    from .io import is_pixel_unit, unit_factor
 
     for attr, factor in _HDF5_VOXEL_ATTRS:
         if attr in ds.attrs:
@@ -321,7 +335,9 @@ def _hdf5_voxel_size(ds):
             unit = ds.attrs.get("unit", ds.attrs.get("units"))
             if unit is not None and attr == "resolution":
                 unit = unit.decode() if isinstance(unit, bytes) else str(unit)
-                factor = _unit_factor(unit)
+                if is_pixel_unit(unit):
+                    return None, None
+                factor = unit_factor(unit)
             if len(v) == 3 and all(s > 0 for s in v):
                 return tuple(s * factor for s in v), attr
     return None, None

@@ -332,9 +332,9 @@ def check_not_input(out, *inputs) -> None:
     """Refuse an output that is one of the inputs, lies inside an input store, or is a store
     that contains an input: writing it would destroy what is being read, ``--overwrite`` or
     not."""
-    for src in inputs:
-        if src is None:
-            continue
+    from .formats import input_paths  # a glob or "file.h5:/dataset" -> the files it reads
+
+    for src in [f for s in inputs if s is not None for f in input_paths(s)]:
         if same_path(out, src) or _inside(Path(out), Path(src)) or _inside(Path(src), Path(out)):
             raise ValueError(
                 f"output {str(out)!r} is the input {str(src)!r} (or inside it / contains it); "

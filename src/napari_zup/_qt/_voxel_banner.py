@@ -40,9 +40,11 @@ def missing_voxel_size(layer):
     path = getattr(getattr(layer, "source", None), "path", None)
     if not path:
         return None
+    from ..io import is_pixel_unit
+
     found = _probe(str(path))
-    if found is None or all(abs(v - 1.0) < 1e-12 for v in found[0]):
-        return None
+    if found is None or is_pixel_unit(found[1]) or all(abs(v - 1.0) < 1e-12 for v in found[0]):
+        return None  # a size in pixels is no voxel size
     return found
 
 
