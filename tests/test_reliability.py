@@ -461,3 +461,31 @@ def test_options_that_would_be_ignored_are_refused(tmp_path, capsys):
     rc, err = run(capsys, "flow", tmp_path / "x.tif", tmp_path / "f.tif", "--max-magnitude", "3")
     one_line_error(rc, err, "--rgb")
     assert sorted(os.listdir(tmp_path)) == ["x.tif"]
+
+
+@pytest.mark.slow
+def test_sigterm_on_a_cluster_run_leaves_it_resumable(tmp_path):
+    """SIGTERM to the `zup --workers` client: exit 143, the store stays marked incomplete
+    with the chunks already written, and the same command then finishes it."""
+    a = np.random.default_rng(0).integers(0, 255, (12, 128, 128), dtype=np.uint8)
+    write_volume(tmp_path / "s.tif", a, (40.0, 10.0, 10.0))
+    out = tmp_path / "o.zarr"
+    args = [sys.executable, "-m", "napari_zup.cli", "reconstruct", str(tmp_path / "s.tif"),
+            str(out), "--method", "of-linear", "--factor", "4", "--winsize", "15",
+            "--levels", "2", "--workers", "1", "--chunks", "4", "32", "32",
+            "--pyramid-levels", "1"]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    markers = out / "zup_done" / "0"
+    deadline = time.monotonic() + 300
+    while not (markers.is_dir() and len(os.listdir(markers)) >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and "rerun the same command" in err, err
+    assert "Traceback" not in err, err
+    assert dict(zarr.open_group(str(out), mode="r").attrs)["zup"]["status"] == "incomplete"
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert dict(zarr.open_group(str(out), mode="r").attrs)["zup"]["status"] == "complete"
