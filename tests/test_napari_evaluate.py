@@ -70,9 +70,10 @@ def test_self_evaluation_on_an_anisotropic_layer(qtbot, make_napari_viewer):
     assert w.mode_combo.currentText() == MODE_SELF  # chosen from the layer's scale
     assert not w.factor_spin.isEnabled()
     note = w.mode_note.text()
-    assert "twice the real spacing" in note and "40 nm" in note and "80 nm" in note
+    assert "twice the real spacing" in note and "40 nm → 80 nm" in note
     w.methods.set_selected(["linear", "of-linear"])
     _run(qtbot, w, 2)
+    assert w.mode_combo.currentText() == MODE_SELF  # new layers do not reset the protocol
     for row, m in enumerate(["linear", "of-linear"]):
         ref, recon, maps = self_evaluate(stack, m, keep_output=True, error_maps=True)
         assert w.table.item(row, 1).text() == f"{ref.psnr:.2f}"

@@ -141,6 +141,8 @@ class EvaluateWidget(DockWidget):
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(
+            self.table.fontMetrics().height() + 6)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setStretchLastSection(True)
@@ -164,8 +166,8 @@ class EvaluateWidget(DockWidget):
         bar.addWidget(self.colorbar, 1)
         bar.addWidget(self.bar_hi)
         self.layout().addLayout(bar)
-        self.bar_note = wrap_label("|R − G| in units of the intensity range; small errors are "
-                                   "transparent. One scale for every method.")
+        self.bar_note = wrap_label("|R − G| (fraction of the intensity range), one scale for "
+                                   "all; small errors transparent")
         self.bar_note.setStyleSheet("color: #a0a0a0")
         self.layout().addWidget(self.bar_note)
         self.side_button = QPushButton("side by side (one panel per method)")
@@ -188,6 +190,9 @@ class EvaluateWidget(DockWidget):
 
     def _layer_changed(self, *_):
         layer = self.layer_combo.layer()
+        if layer is getattr(self, "_mode_layer", None):
+            return  # the same layer at another list position: keep the user's protocol
+        self._mode_layer = layer
         if layer is not None and layer_problem(layer) is None:
             self.mode_combo.setCurrentText(
                 MODE_SELF if anisotropy(layer) > ANISOTROPIC else MODE_DROP)
@@ -213,12 +218,11 @@ class EvaluateWidget(DockWidget):
             unit = (layer_units(layer) or ("",))[-3]
             unit = _SHORT_UNITS.get(unit, unit)
             unit = "" if unit in ("pixel", "") else f" {unit}"
-            spacing = f" (z step {sz:g}{unit} → scored at {2 * sz:g}{unit})"
+            spacing = f" ({sz:g}{unit} → {2 * sz:g}{unit})"
         self.mode_note.setText(
-            "Self-evaluation: keeps every second section, restores the others with each "
-            "method and scores them against the real sections (zup evaluate --self). The "
-            f"scores are at twice the real spacing{spacing}: they rank the methods on this "
-            "stack, they are not the quality at the real spacing.")
+            "Keeps every second section, restores the others and scores them against the "
+            "real ones (zup evaluate --self). The scores are at twice the real spacing"
+            f"{spacing}: they rank the methods on this stack.")
 
     # -- plot ---------------------------------------------------------------------------------
 
@@ -228,7 +232,7 @@ class EvaluateWidget(DockWidget):
 
         self.figure = Figure(figsize=(4, 2.4), facecolor="#262930", layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(200)
+        self.canvas.setMinimumHeight(170)
         self.ax = self.figure.add_subplot()
         self._style_axes()
         self.layout().addWidget(self.canvas, 1)  # the plot takes the spare height
@@ -261,8 +265,8 @@ class EvaluateWidget(DockWidget):
             self.ax.set_xlim(max(0.0, lo - 0.3 * (hi - lo) - 0.02),
                              min(1.0, hi + 0.25 * (hi - lo) + 0.02))
             self.ax.set_ylabel("")
-            self.ax.set_xlabel("mean SSIM of the restored slices", color="#d0d0d0",
-                               fontsize=9)
+            self.ax.set_title("mean SSIM of the restored slices", color="#d0d0d0",
+                              fontsize=9)
         elif names:
             for k, m in enumerate(names):
                 by = ssim_by_position(self.scores[m], f)
