@@ -12,10 +12,7 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QCheckBox,
     QComboBox,
-    QGridLayout,
-    QGroupBox,
     QLabel,
     QVBoxLayout,
     QWidget,
@@ -211,32 +208,6 @@ class LayerCombo(QComboBox):
             if self.itemData(i) is layer:
                 self.setCurrentIndex(i)
                 return
-
-
-class MethodChecks(QGroupBox):
-    """Check boxes, one per registered method, with the description as tooltip."""
-
-    def __init__(self, title="Methods", checked=("linear", "of-linear"), parent=None,
-                 include_learned=True):
-        from ..methods import method_infos
-
-        super().__init__(title, parent)
-        lay = QGridLayout(self)
-        self.boxes: dict[str, QCheckBox] = {}
-        infos = [i for i in method_infos() if include_learned or not i.needs_checkpoint]
-        for n, info in enumerate(infos):
-            box = QCheckBox(info.name)
-            box.setToolTip(info.description)
-            box.setChecked(info.name in checked)
-            lay.addWidget(box, n // 3, n % 3)
-            self.boxes[info.name] = box
-
-    def selected(self) -> list[str]:
-        return [n for n, b in self.boxes.items() if b.isChecked()]
-
-    def set_selected(self, names) -> None:
-        for n, b in self.boxes.items():
-            b.setChecked(n in names)
 
 
 def wrap_label(text: str = "") -> QLabel:
