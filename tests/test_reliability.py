@@ -378,6 +378,10 @@ def test_unknown_voxel_size_is_not_claimed_as_nanometres(tmp_path, capsys):
     for name in ("o.tif", "o.zarr"):
         v = read_volume(tmp_path / name)
         assert v.unit == UNKNOWN_UNIT and v.voxel_size == pytest.approx((0.25, 1.0, 1.0))
+    # still valid OME-Zarr by a reader of the spec (unit is optional there)
+    ome_models = pytest.importorskip("ome_zarr_models.v04.image")
+    img = ome_models.Image.from_zarr(zarr.open_group(str(tmp_path / "o.zarr"), mode="r"))
+    assert [a.unit for a in img.attributes.multiscales[0].axes] == [None] * 3
 
 
 def test_evaluate_takes_a_voxel_size_for_its_maps(tmp_path, capsys):
