@@ -122,6 +122,18 @@ def test_sample_is_bounded_middle_sections_and_crops(monkeypatch):
     assert size == (256, 256) and corners[0] == (128, 128) and len(set(corners)) == 4
 
 
+def test_learned_candidates_beyond_the_time_budget_are_skipped_not_chosen(aniso, fakes,
+                                                                          monkeypatch):
+    monkeypatch.setattr(selection, "BUDGET", 0.0)
+    monkeypatch.setattr(selection, "MIN_BUDGET_S", 0.0)
+    c = choose_method(aniso, 4, candidates=["fake-good-learned", "nearest", "cubic"])
+    assert list(c.scores) == ["nearest", "cubic"]      # classical first, always scored
+    assert "time budget" in c.skipped["fake-good-learned"] and c.method in ("nearest", "cubic")
+    monkeypatch.setattr(selection, "MIN_BUDGET_S", 1e9)
+    c = choose_method(aniso, 4, candidates=["fake-good-learned", "nearest"])
+    assert c.method == "fake-good-learned" and not c.skipped
+
+
 def test_cancel_stops_the_choice(aniso):
     ev = threading.Event()
     ev.set()

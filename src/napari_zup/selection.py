@@ -2,9 +2,13 @@
 sample of it (docs/evaluation.md, "Self-evaluation").
 
 The sample is a run of at most :data:`MAX_SECTIONS` sections from the middle of the stack and
-one to :data:`MAX_CROPS` crops of :data:`CROP` x :data:`CROP` pixels. Crops are added one at a
-time while the time spent stays within :data:`BUDGET` (20 %) of the estimated time of the
-reconstruction with the method that is winning so far; the first crop is always scored.
+one to :data:`MAX_CROPS` crops of :data:`CROP` x :data:`CROP` pixels. On the first crop the
+classical/optical-flow candidates are always scored, then the learned ones (pair interpolators
+before axial restorers) while the time spent stays within :data:`BUDGET` (20 %) of the
+costliest reconstruction estimated so far (at least :data:`MIN_BUDGET_S`); the others are
+skipped, saying so. Further crops
+are added while the time stays within 20 % of the estimated reconstruction with the method
+winning so far.
 
 Ranking: highest PSNR, SSIM breaking ties (PSNR within :data:`TIE_DB`). A learned method
 (one that needs a checkpoint) is chosen only when it beats the best classical/optical-flow
@@ -31,6 +35,9 @@ MAX_CROPS = 4
 MAX_SECTIONS = 9
 #: Most time the choice may take, as a fraction of the estimated reconstruction time.
 BUDGET = 0.2
+#: Learned candidates are always scored within this many seconds (small stacks, where 20 % of
+#: a reconstruction is a few seconds).
+MIN_BUDGET_S = 30.0
 #: PSNR differences below this (dB) are ties, broken by SSIM.
 TIE_DB = 0.1
 
@@ -187,6 +194,9 @@ def choose_method(volume, factor, *, candidates=None, method_params=None, cancel
             skipped[m] = why
         else:
             runnable.append(m)
+    # cheap and needed as the guard first (classical/optical flow), then learned pair
+    # interpolators, then learned axial restorers (whose sample costs most)
+    runnable.sort(key=lambda m: (is_learned(m), get_info(m).kind != "pair"))
     corners, (ch, cw) = sample_crops(h, w)
     # At F = 2 the sample restores one slice per interval; a pair method's cost is mostly per
     # interval (flows, features), so the run is estimated per interval, never above its number
@@ -194,6 +204,14 @@ def choose_method(volume, factor, *, candidates=None, method_params=None, cancel
     n_restored_full = min(len(grid.restored_output_indices(z, f)), z - 1)
     area_ratio = (h * w) / (ch * cw)
     parts: dict[str, list[MethodScore]] = {m: [] for m in runnable}
+
+    def est(score: MethodScore) -> float:
+        """Time per restored crop slice (= per interval) -> the whole run."""
+        return score.seconds_per_slice * area_ratio * n_restored_full
+
+    def parts_scored(ps) -> bool:
+        return any(ps.values())
+
     methods = {}
     total, done = len(runnable) * len(corners), 0
     n_crops, estimate = 0, float("nan")
@@ -207,6 +225,20 @@ def choose_method(volume, factor, *, candidates=None, method_params=None, cancel
             for m in list(runnable):
                 if cancel is not None and cancel.is_set():
                     raise ReconstructionCancelled("auto choice cancelled")
+                if not n_crops and is_learned(m) and parts_scored(parts):
+                    # a learned candidate is scored while the time spent is within the budget
+                    # of the costliest run estimated so far (else it could never pay off)
+                    spent = time.perf_counter() - t_start
+                    allowed = max(MIN_BUDGET_S,
+                                  BUDGET * max(est(p[0]) for p in parts.values() if p))
+                    if spent > allowed:
+                        skipped[m] = (f"not scored: the time budget was spent ({spent:.0f} s of "
+                                      f"{allowed:.0f} s = {BUDGET:.0%} of the costliest "
+                                      "reconstruction estimated)")
+                        runnable.remove(m)
+                        parts.pop(m, None)
+                        done += 1
+                        continue
                 try:
                     if m not in methods:
                         methods[m] = create_method(m, **(method_params.get(m) or {}))
@@ -226,8 +258,7 @@ def choose_method(volume, factor, *, candidates=None, method_params=None, cancel
                 break
             merged = {m: _merge(p) for m, p in parts.items()}
             winner, _ = rank(merged)
-            # time per restored crop slice (= per interval) -> the run with the winner
-            estimate = merged[winner].seconds_per_slice * area_ratio * n_restored_full
+            estimate = est(merged[winner])
     finally:
         for obj in methods.values():
             obj.close()
