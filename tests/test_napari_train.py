@@ -1,6 +1,6 @@
 """The Train widget in a real napari viewer (pytest-qt under Xvfb) on a crop of the real
 FIB-SEM sample: a short self-supervised training with live loss curve and preview, Stop keeps
-the best checkpoint, "Reconstruct with this checkpoint" streams the result into a new layer.
+the best checkpoint, "Reconstruct with the result" streams the result into a new layer.
 
 Tiny trainings on one torch thread: the file runs in well under a minute on two cores.
 """
@@ -142,7 +142,7 @@ def test_film_self_supervised(viewer_with_crop, qtbot, tmp_path):
     assert w.start()
     qtbot.waitUntil(lambda: w.status_text in ("done", "failed"), timeout=TIMEOUT_MS)
     assert w.error is None, w.error
-    assert w.result["steps"] == 10 and not w.result["stopped"]
+    assert w.result.steps == 10 and not w.result.stopped
     assert w.steps and w.steps[-1] == 10 and all(np.isfinite(w.losses))
     # the final validation saved the first best checkpoint -> preview from it
     assert w.preview is not None and w.preview.shape == ((33 - 1) * 4 + 1, 96)

@@ -1,12 +1,13 @@
-"""Train widget: self-supervised training of an axial restorer (niiv, a2i) on the user's own
-anisotropic stack, live (progress, loss curve, restored preview plane), stoppable at any
-time; then Reconstruct with the checkpoint it wrote.
+"""Train widget: train or adapt a learned method (niiv, a2i, film, tsain) on the user's own
+anisotropic stack, live (progress, loss curve, restored preview plane), stoppable at any time;
+then Reconstruct with the checkpoint it wrote.
 
-Training is :func:`napari_zup.training.axial.train` in a plain background thread. Its
-callback only puts ``(step, loss, preview)`` into a queue; a GUI timer drains the queue a few
-times per second and redraws, so a fast training never floods the event loop. The file at
-the output path always holds the best model so far (written atomically by ``train``), so
-Stop, or closing napari, never loses more than the steps since the last validation.
+The widget only displays a :class:`napari_zup.training.session.TrainingSession` (the same loop
+as ``zup train``): a plain background thread iterates the session's events into a queue; a GUI
+timer drains the queue a few times per second and redraws, so a fast training never floods the
+event loop. The file at the output path always holds the best model so far (written
+atomically), so Stop, or closing napari, never loses more than the steps since the last
+validation. By default training starts from the bundled model (adaptation).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._train_plot import TrainPlot
 from ._common import (
     DockWidget,
     LayerCombo,
@@ -46,41 +48,11 @@ from ._common import (
     wrap_label,
 )
 
-#: Trainable methods offered by the widget (self-supervised on the stack itself).
-TRAIN_METHODS = {
-    "niiv": "implicit neural representation: restores xz/yz planes at any factor",
-    "a2i": "Swin-transformer restorer of xz/yz planes (integer factors)",
-}
-#: Pair interpolators trained self-supervised on the stack: (z-1, z+1) -> z.
-PAIR_METHODS = {
-    "film": "FILM-style pair interpolator, self-supervised on the stack: (z-1, z+1) -> z",
-    "tsain": "TSAIN-style pair interpolator, self-supervised on the stack: (z-1, z+1) -> z",
-}
-
-
-def _pair_training_available() -> bool:
-    """film/tsain need ``training.interp.train`` with ``callback`` and ``stop_event``."""
-    import inspect
-
-    try:
-        from ..training.interp import train
-    except ImportError:
-        return False
-    params = inspect.signature(train).parameters
-    return "callback" in params and "stop_event" in params
-
-
-def pair_preview(method, checkpoint, volume, factor, width=160, rows=32):
-    """Middle xz plane (first ``width`` columns) reconstructed at ``factor`` with a pair
-    interpolator's checkpoint, from a strip of ``rows`` rows: (P, width) in [0, 1]."""
-    from ..engine import reconstruct
-
-    z, h, w = volume.shape
-    y0 = max(0, h // 2 - rows // 2)
-    strip = np.asarray(volume[:, y0:y0 + rows, : min(width, w)])
-    out = reconstruct(strip, method, factor,
-                      method_params={"checkpoint": str(checkpoint), "device": "cpu"})
-    return _unit_plane(out[:, h // 2 - y0], volume.dtype)
+#: Trainable methods offered by the widget (self-supervised on the stack itself); their
+#: descriptions come from the methods' MethodInfo.
+TRAINABLE = ("niiv", "a2i", "film", "tsain")
+#: points on the loss curve: the mean loss over this many steps
+POINT_STEPS = 10
 
 
 def _unit_plane(plane, dtype):
@@ -134,7 +106,7 @@ def _fmt_s(seconds: float) -> str:
 
 
 class TrainWidget(DockWidget):
-    """Train niiv or a2i on a 3D image layer; see the module docstring."""
+    """Train a learned method on a 3D image layer; see the module docstring."""
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
@@ -147,13 +119,10 @@ class TrainWidget(DockWidget):
         self.losses: list[float] = []
         self.preview: np.ndarray | None = None
         self.input_plane: np.ndarray | None = None
-        self.run = None  # the StreamingRun started by "Reconstruct with this checkpoint"
+        self.run = None  # the StreamingRun started by "Reconstruct with the result"
         self.trained: dict | None = None  # layer, method, factor, path of the last training
         #: validation (and preview) interval in steps; None: 50, or less for short runs
         self.eval_every: int | None = None
-        #: film/tsain validate on time: seconds between validations (None: budget / 10,
-        #: 15 s to 120 s)
-        self.val_every_s: float | None = None
         self._queue: queue.Queue = queue.Queue()
         self._path_edited = False
         self._t0 = 0.0
@@ -164,9 +133,9 @@ class TrainWidget(DockWidget):
         self.layer_combo = LayerCombo(self.viewer)
         self.layer_info = wrap_label()
         self.method_combo = QComboBox()
-        methods = dict(TRAIN_METHODS)
-        if _pair_training_available():
-            methods.update(PAIR_METHODS)
+        from ..methods.base import get_info
+
+        methods = {m: get_info(m).description for m in TRAINABLE}
         self.methods = methods
         for n, (name, desc) in enumerate(methods.items()):
             self.method_combo.addItem(name)
@@ -205,8 +174,13 @@ class TrainWidget(DockWidget):
         path_row = QWidget()
         path_row.setLayout(prow)
         self.resume_check = QCheckBox("continue from this file")
-        self.resume_check.setToolTip("resume the training stored in the output file (its "
-                                     "step count and best loss carry on)")
+        self.resume_check.setToolTip("resume the training state stored beside the output file "
+                                     "(its step count and best score carry on)")
+        self.bundled_check = QCheckBox("start from the bundled model")
+        self.bundled_check.setChecked(True)
+        self.bundled_check.setToolTip(
+            "adapt the shipped model to this stack (kept only if it beats the bundled one on "
+            "held-out sections); off: train from random weights")
 
         form.addRow("image", self.layer_combo)
         form.addRow("", self.layer_info)
@@ -217,6 +191,7 @@ class TrainWidget(DockWidget):
         form.addRow("budget", self.minutes_spin)
         form.addRow("max steps", self.steps_spin)
         form.addRow("checkpoint", path_row)
+        form.addRow("", self.bundled_check)
         form.addRow("", self.resume_check)
         self.layout().addLayout(form)
 
@@ -236,8 +211,8 @@ class TrainWidget(DockWidget):
         self.layout().addWidget(self.progress_bar)
         self.layout().addWidget(self.status)
 
-        self._build_plot()
-        self.reconstruct_button = QPushButton("Reconstruct with this checkpoint")
+        self.plot = TrainPlot(self.layout())
+        self.reconstruct_button = QPushButton("Reconstruct with the result")
         self.reconstruct_button.setEnabled(False)
         self.reconstruct_button.setToolTip(
             "stream the isotropic reconstruction of the trained layer into a new layer, as "
@@ -259,59 +234,6 @@ class TrainWidget(DockWidget):
         self.reconstruct_button.clicked.connect(self.reconstruct)
         self._method_changed(self.method_combo.currentText())
         self._layer_changed()
-
-    # -- plot ---------------------------------------------------------------------------------
-
-    def _build_plot(self):
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(3.4, 3.9), dpi=90, facecolor="#262930")
-        self.figure = fig
-        top = fig.add_gridspec(1, 1, left=0.17, right=0.97, top=0.94, bottom=0.58)
-        bottom = fig.add_gridspec(1, 2, left=0.02, right=0.98, top=0.47, bottom=0.01,
-                                  wspace=0.06)
-        self.ax_loss = fig.add_subplot(top[0, 0])
-        self.ax_in = fig.add_subplot(bottom[0, 0])
-        self.ax_out = fig.add_subplot(bottom[0, 1])
-        fg = "#d0d4da"
-        ax = self.ax_loss
-        ax.set_facecolor("#1e2027")
-        ax.tick_params(colors=fg, labelsize=7)
-        for s in ax.spines.values():
-            s.set_color("#5a5f6a")
-        ax.set_title("training loss (L1)", color=fg, fontsize=8)
-        ax.set_xlabel("step", color=fg, fontsize=7, labelpad=1)
-        (self.loss_line,) = ax.plot([], [], color="#5ab4f0", lw=1.2)
-        for a, title in ((self.ax_in, "input xz (nearest)"), (self.ax_out, "restored xz")):
-            a.set_facecolor("#1e2027")
-            a.set_xticks([])
-            a.set_yticks([])
-            a.set_title(title, color=fg, fontsize=8)
-        self._im_in = None
-        self._im_out = None
-        self.canvas = FigureCanvasQTAgg(fig)
-        self.canvas.setMinimumHeight(320)
-        self.layout().addWidget(self.canvas)
-
-    def _redraw_plot(self):
-        if self.steps:
-            self.loss_line.set_data(self.steps, self.losses)
-            self.ax_loss.relim()
-            self.ax_loss.autoscale_view()
-            lo, hi = min(self.losses), max(self.losses)
-            if hi > 0 and lo > 0 and hi / lo > 20:
-                self.ax_loss.set_yscale("log")
-        if self.preview is not None:
-            if self._im_out is None:
-                kw = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0, "interpolation": "nearest",
-                      "aspect": "equal"}  # isotropic pixels: the true xz geometry
-                self._im_out = self.ax_out.imshow(self.preview, **kw)
-                if self.input_plane is not None:
-                    self._im_in = self.ax_in.imshow(self.input_plane, **kw)
-            else:
-                self._im_out.set_data(self.preview)
-        self.canvas.draw_idle()
 
     # -- form ---------------------------------------------------------------------------------
 
@@ -336,7 +258,7 @@ class TrainWidget(DockWidget):
 
     def _method_changed(self, name):
         self.method_desc.setText(self.methods.get(name, ""))
-        pair = name in PAIR_METHODS
+        pair = name in ("film", "tsain")
         self.degradation_combo.setEnabled(not pair)  # pair methods learn from z itself
         self.degradation_combo.setToolTip(
             "not used by film/tsain: they learn (z-1, z+1) -> z from the stack's own slices"
@@ -357,9 +279,7 @@ class TrainWidget(DockWidget):
 
     def _resume_file(self, text) -> Path:
         path = Path(text).expanduser()
-        if self.method_combo.currentText() in PAIR_METHODS:
-            return path.with_name(path.name + ".state.pt")
-        return path
+        return path.with_name(path.name + ".state.pt")
 
     def _path_changed(self, text):
         exists = bool(text) and self._resume_file(text).is_file()
@@ -400,7 +320,7 @@ class TrainWidget(DockWidget):
         if volume.shape[1] < 8 * factor and volume.shape[2] < 8 * factor:
             raise ValueError(f"layer {layer.name!r} is too small in y/x {tuple(volume.shape[1:])} "
                              f"for factor {factor}: slices of at least {8 * factor} pixels needed")
-        if method in PAIR_METHODS and (volume.shape[0] < 8 or min(volume.shape[1:]) < 32):
+        if method in ("film", "tsain") and (volume.shape[0] < 8 or min(volume.shape[1:]) < 32):
             raise ValueError(f"{method} learns (z-1, z+1) -> z: layer {layer.name!r} "
                              f"{tuple(volume.shape)} needs at least 8 slices of 32 × 32 pixels")
         text = self.path_edit.text().strip()
@@ -424,94 +344,47 @@ class TrainWidget(DockWidget):
         except (ValueError, OSError) as exc:
             notify_error(f"Train: {exc}")
             return False
-        pair = method in PAIR_METHODS
+        from ..training.session import Stack, TrainConfig, TrainingSession, to_unit
+
         resume = None
-        start_step = 0
         if self.resume_check.isChecked() and self._resume_file(str(path)).is_file():
-            resume = str(path)
-        if resume and pair:
-            import torch
-
-            try:
-                state_file = str(self._resume_file(resume))
-                st = torch.load(state_file, weights_only=True, map_location="cpu")
-                start_step = int(st.get("step", 0))
-            except Exception as exc:
-                notify_error(f"Train: cannot continue from {resume}.state.pt: {exc}")
-                return False
-        elif resume:
-            from ..checkpoints import CheckpointError, load_checkpoint
-
-            try:
-                _, meta = load_checkpoint(resume, method=method)
-            except CheckpointError as exc:
-                notify_error(f"Train: cannot continue from {resume}: {exc}")
-                return False
-            start_step = int(meta.get("training", {}).get("steps", 0))
+            resume = str(self._resume_file(str(path)))
         minutes = float(self.minutes_spin.value())
         max_steps = int(self.steps_spin.value()) or None
-        eval_every = self.eval_every or (max(1, min(50, max_steps // 3)) if max_steps else 50)
-        degradation = self.degradation_combo.currentText()
+        eval_every = self.eval_every or (min(50, max_steps) if max_steps else 50)
+        pair = method in ("film", "tsain")
+        scale = tuple(float(v) for v in layer.scale[-3:])
+        cfg = TrainConfig(
+            method, None, out=path, minutes=minutes, steps=max_steps, eval_every=eval_every,
+            crop=int(min(96, (min(volume.shape[1:]) // 16) * 16)) if pair else None,
+            factors=None if pair else [factor], self_supervised=True, resume=resume,
+            init="bundled" if self.bundled_check.isChecked() and not resume else None,
+            degradation=self.degradation_combo.currentText(), preview_factor=factor)
 
         self.stop_event = threading.Event()
         self._queue = queue.Queue()
         self.result = None
         self.error = None
         self.steps, self.losses = [], []
+        self._acc = []
         self.preview = None
         self.input_plane = self._input_plane(volume, factor)
-        self._reset_plot()
+        self.plot.reset()
         self.trained = {"layer": layer, "method": method, "factor": factor, "path": path,
-                        "minutes": minutes, "max_steps": max_steps, "start_step": start_step}
+                        "minutes": minutes, "max_steps": max_steps, "start_step": None,
+                        "step": 0, "loss": None}
         self.status_text = "running"
         self._t0 = time.perf_counter()
         q = self._queue
         stop = self.stop_event
 
-        val_every_s = self.val_every_s or min(120.0, max(15.0, minutes * 6.0))
-        crop = int(min(96, (min(volume.shape[1:]) // 16) * 16))
-
         def job():
             try:
-                if pair:
-                    from ..training.interp import train as train_pair
-
-                    try:  # a file already there is not this training's (nor a preview)
-                        seen = {"mtime": path.stat().st_mtime_ns}
-                    except OSError:
-                        seen = {"mtime": None}
-
-                    def pair_callback(step, loss, preview=None):
-                        # runs in the training thread: a new best checkpoint -> new preview
-                        try:
-                            mtime = path.stat().st_mtime_ns
-                        except OSError:
-                            mtime = None
-                        if mtime is not None and mtime != seen["mtime"]:
-                            seen["mtime"] = mtime
-                            try:
-                                preview = pair_preview(method, path, volume, factor)
-                            except Exception:  # e.g. caught mid-write: next time
-                                seen["mtime"] = None
-                        q.put(("step", step, loss, preview))
-
-                    res = train_pair(method, np.asarray(volume), out=path, minutes=minutes,
-                                     max_steps=max_steps and max_steps + start_step,
-                                     crop=crop, self_supervised=True,
-                                     resume=bool(resume), val_every_s=val_every_s,
-                                     callback=pair_callback, stop_event=stop,
-                                     log=lambda s: None)
-                    res["stopped"] = stop.is_set()
-                else:
-                    from ..training.axial import train
-
-                    res = train(method, np.asarray(volume), factor, out=path, minutes=minutes,
-                                max_steps=max_steps, degradation=degradation, resume=resume,
-                                eval_every=eval_every, stop_event=stop, data_name=layer.name,
-                                callback=lambda s, loss, p: q.put(("step", s, loss, p)))
-                q.put(("done", res))
+                cfg.data = Stack(to_unit(np.asarray(volume), repr(layer.name)), layer.name, scale)
+                for ev in TrainingSession(cfg, stop).events():
+                    q.put(ev)
             except BaseException as exc:  # shown in the GUI thread, never raised there
-                q.put(("error", exc))
+                q.put(exc)
             finally:
                 _RUNNING.pop(threading.current_thread(), None)
 
@@ -525,12 +398,22 @@ class TrainWidget(DockWidget):
             w.setEnabled(False)
         self.progress_bar.setValue(0)
         self.progress_bar.setVisible(True)
-        self.status.setText(f"{method} ×{factor} on {layer.name!r}: preparing patches…")
+        start = "from the bundled model" if cfg.init else "from scratch"
+        self.status.setText(f"{method} ×{factor} on {layer.name!r} ({start}): preparing…")
         # No napari progress bar (activity panel): redrawing it halved the training speed
         # (measured: 276 vs 495 niiv steps in 30 s); the dock's own bar is enough.
         self._last_status = 0.0
         self._timer.start()
         return True
+
+    # what the tests and the plot panel read
+    @property
+    def loss_line(self):
+        return self.plot.loss_line
+
+    @property
+    def _im_out(self):
+        return self.plot.im_out
 
     def stop(self):
         """Ask the training to stop after the current step; the best checkpoint stays."""
@@ -543,7 +426,7 @@ class TrainWidget(DockWidget):
     def _form_widgets(self):
         return (self.layer_combo, self.method_combo, self.factor_spin, self.degradation_combo,
                 self.minutes_spin, self.steps_spin, self.path_edit, self.path_button,
-                self.resume_check)
+                self.resume_check, self.bundled_check)
 
     @staticmethod
     def _input_plane(volume, factor):
@@ -555,36 +438,45 @@ class TrainWidget(DockWidget):
         plane = plane[np.minimum(np.round(np.arange(n_out) / factor).astype(int), z - 1)]
         return _unit_plane(plane, volume.dtype)
 
-    def _reset_plot(self):
-        self.loss_line.set_data([], [])
-        self.ax_loss.set_yscale("linear")
-        for a in (self.ax_in, self.ax_out):
-            for im in list(a.images):
-                im.remove()
-        self._im_in = self._im_out = None
-        self.canvas.draw_idle()
-
     def _poll(self):
-        """GUI thread: drain what the training reported and redraw (every POLL_MS)."""
+        """GUI thread: drain the session's events and redraw (every POLL_MS)."""
+        from ..training.session import Finished, Message, Step, Validation
+
         end = None
         changed = False
+        t = self.trained
         while True:
             try:
-                item = self._queue.get_nowait()
+                ev = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item[0] == "step":
-                _, step, loss, preview = item
-                if math.isfinite(loss):
-                    self.steps.append(int(step))
-                    self.losses.append(float(loss))
-                if preview is not None:
-                    self.preview = preview
-                changed = True
-            else:
-                end = item
+            if isinstance(ev, Step):
+                if t["start_step"] is None:
+                    t["start_step"] = ev.step - 1
+                t["step"], t["loss"] = ev.step, ev.loss
+                if math.isfinite(ev.loss):
+                    self._acc.append(ev.loss)
+                # the status line shows the step and loss at once; the curve gets one point
+                # (the mean loss) per POINT_STEPS steps
+                if ev.step % POINT_STEPS == 0:
+                    if self._acc:
+                        self.steps.append(int(ev.step))
+                        self.losses.append(float(np.mean(self._acc)))
+                    self._acc = []
+                    changed = True
+            elif isinstance(ev, Validation):
+                t["psnr"] = ev.best_psnr
+                if ev.preview is not None:
+                    self.preview = ev.preview
+                    changed = True
+            elif isinstance(ev, Message):
+                t["message"] = ev.text
+            elif isinstance(ev, Finished):
+                end = ("done", ev.result)
+            elif isinstance(ev, BaseException):
+                end = ("error", ev)
         if changed:
-            self._redraw_plot()
+            self.plot.redraw(self.steps, self.losses, self.preview, self.input_plane)
         self._update_progress()
         if end is not None:
             self._finish(end)
@@ -596,10 +488,11 @@ class TrainWidget(DockWidget):
         elapsed = time.perf_counter() - self._t0
         budget = t["minutes"] * 60.0
         frac = elapsed / budget
-        step = self.steps[-1] if self.steps else 0
+        step = t["step"]
         eta = budget - elapsed
-        if t["max_steps"] and step > t["start_step"]:
-            frac_steps = (step - t["start_step"]) / t["max_steps"]
+        s0 = t["start_step"] or 0
+        if t["max_steps"] and step > s0:
+            frac_steps = (step - s0) / t["max_steps"]
             if frac_steps > frac:
                 frac = frac_steps
                 eta = elapsed * (1 - frac_steps) / frac_steps
@@ -607,12 +500,14 @@ class TrainWidget(DockWidget):
         self.progress_bar.setValue(int(1000 * frac))
         now = time.perf_counter()
         # the wrapped status label relayouts the dock: once a second is enough
-        if self.status_text == "running" and now - self._last_status >= 1.0:
+        if self.status_text == "running" and step and now - self._last_status >= 1.0:
             self._last_status = now
-            loss = f", loss {self.losses[-1]:.4f}" if self.losses else ""
+            loss = f", loss {t['loss']:.4f}" if t["loss"] is not None else ""
+            best = f", best held-out PSNR {t['psnr']:.2f} dB" if t.get("psnr") else ""
             self.status.setText(
-                f"{t['method']} ×{t['factor']}: step {step}{loss}; {_fmt_s(elapsed)} elapsed, "
-                f"about {_fmt_s(max(eta, 0))} left; best model kept in {t['path'].name}")
+                f"{t['method']} ×{t['factor']}: step {step}{loss}{best}; {_fmt_s(elapsed)} "
+                f"elapsed, about {_fmt_s(max(eta, 0))} left; best model kept in "
+                f"{t['path'].name}")
 
     def _finish(self, end):
         self._timer.stop()
@@ -633,21 +528,16 @@ class TrainWidget(DockWidget):
             notify_error(f"Train {t['method']}: {self.error}")
             return
         res = self.result = end[1]
-        if isinstance(res, dict):  # film/tsain: training.interp.train's summary
-            self.status_text = "stopped" if res.get("stopped") else "done"
-            self.status.setText(
-                f"{t['method']}: {self.status_text} after {res['steps']} steps, "
-                f"{res['minutes']:.1f} min; best validation PSNR {res['best_val_psnr']:.2f} dB "
-                f"((z-1, z+1) -> z tuples of the stack). Checkpoint: {res['checkpoint']}")
-        else:
-            self.status_text = "stopped" if res.stopped else "done"
-            gain = ""
-            if res.baseline_loss > 0:
-                gain = f" ({100 * (1 - res.best_loss / res.baseline_loss):+.1f}% vs linear)"
-            self.status.setText(
-                f"{t['method']}: {self.status_text} after {res.steps} steps, "
-                f"{res.minutes:.1f} min; best validation L1 {res.best_loss:.4f}, linear "
-                f"interpolation {res.baseline_loss:.4f}{gain}. Checkpoint: {res.path}")
+        self.status_text = "stopped" if res.stopped else "done"
+        start = ""
+        if res.start_psnr is not None:
+            start = (f"; the bundled model scored {res.start_psnr:.2f} dB: "
+                     + ("adapted model kept" if res.better else
+                        "not better, the checkpoint holds the bundled weights (labelled)"))
+        self.status.setText(
+            f"{t['method']}: {self.status_text} after {res.steps} steps, {res.minutes:.1f} min;"
+            f" best held-out PSNR {res.best_psnr:.2f} dB, SSIM {res.best_ssim:.3f}{start}. "
+            f"Checkpoint: {res.path}")
         self.reconstruct_button.setEnabled(True)
         self._offer_to_reconstruct_widget()
         notify_info(f"Train {t['method']}: {self.status_text}; best checkpoint in {t['path']}")

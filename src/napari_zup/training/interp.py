@@ -161,6 +161,34 @@ def interpolation_loss(out, target):
     return l1 + 0.1 * _laplacian_l1(out, target) + 0.1 * grad
 
 
+def preview_plane(model, volume01, factor: int, device="cpu", width=160, rows=32):
+    """The middle xz plane (first ``width`` columns) restored at ``factor`` by ``model`` from a
+    strip of ``rows`` rows around it: (P, width) in [0, 1]; what the Train widget shows."""
+    import torch
+
+    from ..methods._torch_common import crop_to, pad_to_multiple
+
+    z, h, w = volume01.shape
+    y0 = max(0, h // 2 - rows // 2)
+    strip = torch.from_numpy(np.ascontiguousarray(volume01[:, y0:y0 + rows, :min(width, w)]))
+    strip, size = pad_to_multiple(strip[:, None].to(device), 8, 16)
+    ts = torch.arange(1, factor, device=device, dtype=torch.float32) / factor
+    out = [None] * ((z - 1) * factor + 1)
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        enc = [model.encode(strip[k:k + 1]) for k in range(z)]
+        for k in range(z - 1):
+            res, _ = model.decode(enc[k], enc[k + 1], strip[k:k + 1], strip[k + 1:k + 2], ts)
+            out[k * factor] = strip[k, 0]
+            for j in range(factor - 1):
+                out[k * factor + j + 1] = res[j, 0]
+        out[-1] = strip[-1, 0]
+    model.train(was)
+    plane = torch.stack([crop_to(o, size)[h // 2 - y0] for o in out])
+    return np.clip(plane.float().cpu().numpy(), 0, 1)
+
+
 # -- the pair family in the one training loop -------------------------------------------------
 
 class PairFamily(Family):
@@ -208,14 +236,13 @@ class PairFamily(Family):
         if min(v.shape[1:]) < 16:
             raise TrainingError(f"validation sections of {v.shape[1]}x{v.shape[2]} pixels are "
                                 "too small (need 16x16 or more)")
-        return validation_set(v, self._factors(cfg), 16, min(128, *v.shape[1:]),
+        return validation_set(v, self._factors(cfg), 8, min(128, *v.shape[1:]),
                               self_supervised=cfg.self_supervised, scaled=True)
 
     def predict(self, model, batch, device):
         import torch
 
         a, b, t, y = (torch.from_numpy(np.ascontiguousarray(x)).to(device) for x in batch)
-        self._last = (a[:1], b[:1], t[:1])
         pred, _ = model(a, b, t)
         return pred, y
 
@@ -223,18 +250,10 @@ class PairFamily(Family):
         return interpolation_loss(pred, target)
 
     def preview(self, model, stack, cfg, device):
-        """The first validation tuple's middle slice as the model restores it now."""
-        import torch
-
-        last = getattr(self, "_last", None)
-        if last is None:
-            return None
-        was = model.training
-        model.eval()
-        with torch.no_grad():
-            out, _ = model(*last)
-        model.train(was)
-        return np.clip(out[0, 0].float().cpu().numpy(), 0, 1)
+        f = cfg.preview_factor
+        if not f and stack.voxel_size and stack.voxel_size[2]:
+            f = round(stack.voxel_size[0] / stack.voxel_size[2])
+        return preview_plane(model, stack.data, max(int(f or 2), 2), device)
 
     def metadata(self, cfg, sampler):
         return {"factor_range": [1, 2] if cfg.self_supervised else [1, 8],

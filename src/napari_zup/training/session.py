@@ -195,6 +195,8 @@ class TrainConfig:
     seed: int = 0
     factors: Any = None
     arch: dict | None = None
+    #: factor of the preview image (default: the stack's anisotropy, or the first factor)
+    preview_factor: int | None = None
     # axial restorers only
     degradation: str = "decimate"
     rows: int | None = None
@@ -258,7 +260,7 @@ class TrainingSession:
         self.state_path = self.out.with_name(self.out.name + ".state.pt")
         self.dev = select_device(cfg.device)
         torch.manual_seed(cfg.seed)
-        init_state, self.init_name = None, None
+        init_state, self.init_name, self.init_state, self.init_path = None, None, None, None
         arch = cfg.arch
         if cfg.init is not None:  # checked before any data is read
             path = default_checkpoint(cfg.method) if cfg.init == "bundled" else Path(cfg.init)
@@ -266,6 +268,7 @@ class TrainingSession:
                 raise TrainingError(f"no bundled {cfg.method} checkpoint is installed; "
                                     "train with --from-scratch")
             init_state, meta = load_checkpoint(path, cfg.method)
+            self.init_state, self.init_path = init_state, str(path)
             arch = meta.get("arch") or arch
             self.init_name = "bundled " + path.name if cfg.init == "bundled" else path.name
         state = self._load_state() if cfg.resume else None
@@ -299,8 +302,11 @@ class TrainingSession:
             self.step, self.prev_s = int(state["step"]), float(state["elapsed"])
             self.best, self.best_ssim = float(state["best"]), float(state.get("best_ssim", -1))
             self.history = json.loads(state.get("history", "[]"))
-            start = json.loads(state.get("start", "null"))
-            self.start_scores, self.init_name = (start or {}).get("scores"), (start or {}).get("init")
+            start = json.loads(state.get("start", "null")) or {}
+            self.start_scores, self.init_name = start.get("scores"), start.get("init")
+            self.init_path = start.get("path")
+            if self.init_path and Path(self.init_path).is_file():  # to fall back to it
+                self.init_state = load_checkpoint(self.init_path, cfg.method)[0]
             self.sampler.rng = np.random.default_rng(cfg.seed + self.step)
         self.out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -384,7 +390,8 @@ class TrainingSession:
         import torch
 
         tmp = self.state_path.with_name(self.state_path.name + ".partial")
-        start = {"init": self.init_name, "scores": self.start_scores}
+        start = {"init": self.init_name, "scores": self.start_scores,
+                 "path": self.init_path}
         torch.save({"method": self.cfg.method, "arch": json.dumps(self.arch),
                     "model": self.model.state_dict(), "optim": self.opt.state_dict(),
                     "step": self.step, "elapsed": elapsed_s, "best": self.best,
@@ -409,15 +416,6 @@ class TrainingSession:
         if cfg.resume:
             yield Message(f"resumed {cfg.method} at step {self.step}, {self.prev_s / 60:.1f} min,"
                           f" best {self.best:.2f} dB")
-        else:
-            p, s = self._validate()
-            if self.init_name is not None:
-                self.start_scores = {"psnr": round(p, 3), "ssim": round(s, 4)}
-                yield Message(f"held-out score of the starting model ({self.init_name}): "
-                              f"PSNR {p:.2f} dB, SSIM {s:.4f}")
-            self.best, self.best_ssim = p, s
-            save_checkpoint(self.out, self.model.state_dict(), self._meta(p, s, 0.0))
-            self.history.append({"step": 0, "val_psnr": round(p, 3), "val_ssim": round(s, 4)})
         use_amp = str(self.dev).startswith("cuda")
         t0 = time.perf_counter()
         budget = (cfg.minutes or 0) * 60.0
@@ -455,7 +453,8 @@ class TrainingSession:
         except KeyboardInterrupt:
             stopped = True
             yield Message("interrupted: keeping the best model so far")
-        yield self._validation_event(elapsed(), run_loss / max(run_n, 1))
+        if not self.history or self.history[-1]["step"] != self.step:  # not just validated
+            yield self._validation_event(elapsed(), run_loss / max(run_n, 1))
         yield from self._finish(elapsed(), stopped)
 
     def _validation_event(self, elapsed_s, train_loss):
@@ -471,18 +470,26 @@ class TrainingSession:
         preview = self.family.preview(self.model, self.stacks[0], self.cfg, self.dev)
         return Validation(self.step, p, s, self.best, improved, elapsed_s / 60, preview)
 
+    def _start_scores(self):
+        """Held-out PSNR/SSIM of the starting weights (same data as every validation)."""
+        if self.start_scores is None and self.init_state is not None:
+            model, _ = self.family.build(self.cfg.method, self.arch)
+            model.load_state_dict(self.init_state)
+            p, s = self._validate(model.to(self.dev))
+            self.start_scores = {"psnr": round(p, 3), "ssim": round(s, 4)}
+        return self.start_scores
+
     def _finish(self, elapsed_s, stopped):
+        start = self._start_scores()
         state, meta = load_checkpoint(self.out, self.cfg.method)
         better = True
-        if self.start_scores is not None:
-            sp, ss = self.start_scores["psnr"], self.start_scores["ssim"]
-            better = self.best > sp + 1e-6 and self.best_ssim >= ss
-            if not better and meta["training"]["steps"] != 0:
-                # PSNR rose but SSIM fell: the starting weights are kept
-                start = (default_checkpoint(self.cfg.method) if self.cfg.init == "bundled"
-                         else Path(self.cfg.init)) if self.cfg.init is not None else None
-                if start is not None:
-                    state = load_checkpoint(start, self.cfg.method)[0]
+        if start is not None:
+            yield Message(f"held-out score of the starting model ({self.init_name}): PSNR "
+                          f"{start['psnr']:.2f} dB, SSIM {start['ssim']:.4f}")
+            better = self.best > start["psnr"] + 1e-3 and self.best_ssim >= start["ssim"]
+            if not better and self.init_state is not None:
+                state = self.init_state  # out keeps the starting weights, labelled
+            meta["adapted_on"]["held_out_scores"]["start"] = start
         meta.pop("tensors_sha256", None)
         meta["training"]["steps_run"] = self.step
         meta["training"]["minutes_run"] = round(elapsed_s / 60, 2)
