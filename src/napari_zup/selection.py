@@ -37,7 +37,7 @@ MAX_SECTIONS = 9
 BUDGET = 0.2
 #: Learned candidates are always scored within this many seconds (small stacks, where 20 % of
 #: a reconstruction is a few seconds).
-MIN_BUDGET_S = 30.0
+MIN_BUDGET_S = 10.0
 #: PSNR differences below this (dB) are ties, broken by SSIM.
 TIE_DB = 0.1
 
