@@ -2,7 +2,8 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/screenshots/make_screenshots.py
 
-Writes reconstruct.png, reconstruct_streaming.png, reconstruct_cluster.png, compare.png,
+Writes reconstruct.png, reconstruct_streaming.png, reconstruct_cluster.png,
+reconstruct_auto.png, compare.png,
 evaluate.png, evaluate_side_by_side.png and flow.png next to this script, all on the FIB-SEM
 sample shipped with the plugin (Compare with film, Evaluate as self-evaluation on the
 anisotropic sample).
@@ -119,6 +120,22 @@ def flow():
     viewer.close()
 
 
+def auto():
+    """Reconstruct with "auto": the self-evaluation table and the choice in the dock."""
+    viewer = new_viewer()
+    w = dock(viewer, "Reconstruct")
+    w.method_combo.setCurrentText("auto")
+    w.follow_check.setChecked(False)
+    w.start()
+    wait(lambda: w.choice is not None and w.run is not None and not w.run.running,
+         timeout=900)
+    viewer.layers[0].visible = False
+    viewer.dims.set_point(0, 10.0 * 62)
+    viewer.reset_view()
+    shot(viewer, "reconstruct_auto.png")
+    viewer.close()
+
+
 def streaming():
     """Mid-run: the output layer is partly filled (side view shows the filled part)."""
     viewer = new_viewer()
@@ -215,6 +232,6 @@ def cluster():
 
 
 if __name__ == "__main__":
-    todo = sys.argv[1:] or ["reconstruct", "streaming", "compare", "evaluate", "flow"]
+    todo = sys.argv[1:] or ["reconstruct", "streaming", "compare", "evaluate", "flow", "auto"]
     for name in todo:
         globals()[name]()

@@ -1,7 +1,6 @@
 """Reconstruct widget: one image layer -> a new, isotropic layer that streams in live."""
 from __future__ import annotations
 
-import html
 import os
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLineEdit,
+    QPlainTextEdit,
     QPushButton,
     QSpinBox,
     QWidget,
@@ -170,8 +170,13 @@ class ReconstructWidget(DockWidget):
 
         self.add_run_buttons()
         self.add_progress()
-        self.auto_table = wrap_label()
+        # the choice's table: monospace, scrolls sideways instead of widening the dock
+        self.auto_table = QPlainTextEdit()
+        self.auto_table.setReadOnly(True)
+        self.auto_table.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
         self.auto_table.setStyleSheet("font-family: monospace; font-size: 8pt")
+        self.auto_table.setMinimumWidth(10)
+        self.auto_table.setFixedHeight(14 * self.auto_table.fontMetrics().height() + 12)
         self.auto_table.setVisible(False)
         self.layout().addWidget(self.auto_table)
         self.layout().addStretch(1)
@@ -483,7 +488,7 @@ class ReconstructWidget(DockWidget):
             self.status.setText("auto: cancelled before a method was chosen; nothing added")
             return
         self.choice = choice
-        self.auto_table.setText("<pre>" + html.escape(choice.table) + "</pre>")
+        self.auto_table.setPlainText(choice.table)
         self.auto_table.setVisible(True)
         layer = self._auto_layer
         if layer not in self.viewer.layers:
@@ -491,7 +496,8 @@ class ReconstructWidget(DockWidget):
             return
         self.layer_combo.set_layer(layer)
         self.factor_spin.setValue(float(self._auto_factor))
-        note = f"auto chose {choice.method}: {choice.reason}."
+        reason = choice.reason.removeprefix(f"{choice.method}: ")
+        note = f"auto chose {choice.method}: {reason}."
         self.status.setText(note + " Reconstructing with it…")
         self._auto_note = note  # before start(): a short run may end inside it
         run = self.start(choice.method)
