@@ -188,8 +188,9 @@ def choose_method(volume, factor, *, candidates=None, method_params=None, cancel
     n_sec = zs.stop - zs.start
     skipped: dict[str, str] = {}
     runnable = []
-    for m in names:
-        why = _skip_reason(m, f, n_sec, method_params.get(m) or {})
+    for m in names:  # learned ones are checked when their turn comes (reading a checkpoint
+        # imports torch: seconds that a candidate skipped for time should not cost)
+        why = None if is_learned(m) else _skip_reason(m, f, n_sec, method_params.get(m) or {})
         if why:
             skipped[m] = why
         else:
@@ -225,6 +226,7 @@ def choose_method(volume, factor, *, candidates=None, method_params=None, cancel
             for m in list(runnable):
                 if cancel is not None and cancel.is_set():
                     raise ReconstructionCancelled("auto choice cancelled")
+                why = None
                 if not n_crops and is_learned(m) and parts_scored(parts):
                     # a learned candidate is scored while the time spent is within the budget
                     # of the costliest run estimated so far (else it could never pay off)
@@ -232,9 +234,13 @@ def choose_method(volume, factor, *, candidates=None, method_params=None, cancel
                     allowed = max(MIN_BUDGET_S,
                                   BUDGET * max(est(p[0]) for p in parts.values() if p))
                     if spent > allowed:
-                        skipped[m] = (f"not scored: the time budget was spent ({spent:.0f} s of "
-                                      f"{allowed:.0f} s = {BUDGET:.0%} of the costliest "
-                                      "reconstruction estimated)")
+                        why = (f"over the time budget: {spent:.0f} s spent, budget {allowed:.0f} s "
+                               f"({BUDGET:.0%} of the costliest reconstruction estimated, at "
+                               f"least {MIN_BUDGET_S:.0f} s)")
+                if not n_crops and is_learned(m):
+                    why = why or _skip_reason(m, f, n_sec, method_params.get(m) or {})
+                    if why:
+                        skipped[m] = why
                         runnable.remove(m)
                         parts.pop(m, None)
                         done += 1
