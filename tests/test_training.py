@@ -89,3 +89,246 @@ def test_corrupted_tensor_bytes_refused(tmp_path):
     p.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match="corrupted"):
         load_checkpoint(p, method="film")
+
+
+# -- one `zup train METHOD` with the same flags -------------------------------------------------
+
+COMMON = ["--data", "x.tif", "--out", "o.safetensors", "--minutes", "1", "--steps", "3",
+          "--eval-every", "2", "--lr", "1e-4", "--batch", "2", "--device", "cpu", "--seed", "3",
+          "--augment", "--self-supervised", "--from-scratch"]
+
+
+@pytest.mark.parametrize("method", ["film", "tsain", "niiv", "a2i"])
+def test_same_flags_for_every_learned_method(method):
+    from napari_zup.training.cli import config_from_args
+
+    cfg = config_from_args(method, COMMON)
+    assert (cfg.method, cfg.data, cfg.steps, cfg.eval_every, cfg.lr, cfg.batch, cfg.seed) == (
+        method, "x.tif", 3, 2, 1e-4, 2, 3)
+    assert cfg.augment and cfg.self_supervised and cfg.init is None
+    assert config_from_args(method, COMMON[:-1]).init == "bundled"  # the default start
+    assert config_from_args(method, COMMON[:-1] + ["--resume", "s.pt"]).init is None
+
+
+@pytest.mark.parametrize("method,flag", [("niiv", ["--val", "v.tif"]), ("a2i", ["--val", "v.tif"]),
+                                         ("film", ["--degradation", "pool"]),
+                                         ("tsain", ["--rows", "8"])])
+def test_a_flag_of_the_other_family_is_refused(method, flag, capsys):
+    from napari_zup.training.cli import config_from_args
+
+    with pytest.raises(SystemExit) as exc:
+        config_from_args(method, COMMON + flag)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{flag[0]} does not apply to {method}" in err
+
+
+def _stack(tmp_path, n=12, size=64, name="stack.tif"):
+    import tifffile
+
+    from ._data import SAMPLE2, need
+
+    g = tifffile.imread(need(SAMPLE2))[:n * 4:4, 80:80 + size, 80:80 + size]
+    p = tmp_path / name
+    tifffile.imwrite(p, np.ascontiguousarray(g), imagej=True,
+                     resolution=(1 / 10.0, 1 / 10.0), metadata={"spacing": 40.0, "unit": "nm"})
+    return p, g
+
+
+def _sha(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("method", ["niiv", "film"])
+def test_adapting_the_bundled_model_records_what_it_was_adapted_on(tmp_path, method, capsys):
+    """Default start = the bundled checkpoint; held-out sections decide whether the result
+    is better; the metadata says what it was adapted on; the bundled file is untouched."""
+    from napari_zup.checkpoints import default_checkpoint
+    from napari_zup.training.cli import main
+
+    data, g = _stack(tmp_path, 12, 64)
+    bundled = default_checkpoint(method)
+    before = _sha(bundled)
+    out = tmp_path / "adapted.safetensors"
+    extra = ["--factor", "4"] if method == "niiv" else ["--self-supervised", "--crop", "32"]
+    rc = main(method, ["--data", str(data), "--out", str(out), "--steps", "2",
+                       "--eval-every", "1", "--batch", "2", "--device", "cpu"] + extra)
+    text = capsys.readouterr()
+    assert rc == 0, text.err
+    assert _sha(bundled) == before
+    _, meta = load_checkpoint(out, method)
+    ad = meta["adapted_on"]
+    assert ad["file"] == "stack.tif" and ad["shape"] == list(g.shape)
+    assert ad["voxel_size"] == pytest.approx([40.0, 10.0, 10.0])
+    assert "sections" in ad["held_out"] and ad["steps"] == 2 and ad["device"] == "cpu"
+    assert ad["start"] == f"bundled {method}.safetensors"
+    s, a = ad["held_out_scores"]["start"], ad["held_out_scores"]["adapted"]
+    assert np.isfinite([s["psnr"], s["ssim"], a["psnr"], a["ssim"]]).all()
+    better = a["psnr"] > s["psnr"] + 1e-3 and a["ssim"] >= s["ssim"]
+    assert ad["better"] is better
+    if not better:  # the starting weights are what the file holds, labelled
+        assert meta["training"]["label"] == "not better than the starting model"
+        assert "did not beat the starting model" in text.out
+        w_out, _ = load_checkpoint(out, method)
+        w_b, _ = load_checkpoint(bundled, method)
+        assert all(torch.equal(w_out[k], w_b[k]) for k in w_b)
+
+
+def test_out_on_the_bundled_checkpoint_is_refused(tmp_path, capsys):
+    from napari_zup.checkpoints import default_checkpoint
+    from napari_zup.training.cli import main
+
+    data, _ = _stack(tmp_path, 12, 64)
+    bundled = default_checkpoint("niiv")
+    before = _sha(bundled)
+    rc = main("niiv", ["--data", str(data), "--out", str(bundled), "--steps", "1",
+                       "--factor", "4"])
+    assert rc == 2 and "bundled" in capsys.readouterr().err
+    assert _sha(bundled) == before
+
+
+@pytest.mark.parametrize("method,args,words", [
+    ("film", ["--self-supervised", "--from-scratch"], "at least 8 sections"),
+    ("niiv", ["--factor", "4", "--crop", "200", "--from-scratch"], "too small"),
+    ("tsain", ["--self-supervised", "--crop", "200", "--from-scratch"], "smaller than the crop"),
+])
+def test_too_small_or_too_short_stack_refused_nothing_written(tmp_path, capsys, method, args,
+                                                              words):
+    from napari_zup.training.cli import main
+
+    n = 5 if words == "at least 8 sections" else 12
+    data, _ = _stack(tmp_path, n, 64)
+    out = tmp_path / "never.safetensors"
+    rc = main(method, ["--data", str(data), "--out", str(out), "--steps", "1"] + args)
+    err = capsys.readouterr().err
+    assert rc == 2 and words in err and err.count("\n") == 1, err
+    assert not out.exists() and not (tmp_path / "never.safetensors.state.pt").exists()
+
+
+# -- resume: bad training states ---------------------------------------------------------------
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+@pytest.mark.parametrize("kind,words", [("evil", "would run code"),
+                                        ("truncated", "cannot be read"),
+                                        ("notdict", "not a zup training state"),
+                                        ("other", "is for 'a2i'")])
+def test_bad_training_state_on_resume(tmp_path, kind, words):
+    from napari_zup.training.session import TrainingError, train
+
+    state = tmp_path / "m.safetensors.state.pt"
+    if kind == "evil":
+        with open(state, "wb") as fh:
+            pickle.dump({"model": _Evil()}, fh)
+    elif kind == "truncated":
+        torch.save({"model": {"w": torch.zeros(100)}}, state)
+        state.write_bytes(state.read_bytes()[:200])
+    elif kind == "notdict":
+        torch.save([1, 2, 3], state)
+    else:
+        torch.save({"method": "a2i", "arch": "{}", "model": {}, "optim": {}, "step": 1,
+                    "elapsed": 0.0, "best": 0.0}, state)
+    vol = np.random.default_rng(0).integers(0, 255, (12, 40, 40), dtype=np.uint8)
+    with pytest.raises(TrainingError, match=words) as exc:
+        train("niiv", vol, factors=4, out=tmp_path / "m.safetensors", resume=str(state),
+              steps=1)
+    msg = str(exc.value)
+    assert "weights_only" not in msg and "m.safetensors.state.pt" in msg
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+# -- the session: events, stop, budgets ------------------------------------------------------
+
+def test_session_events_and_stop_keep_the_best(tmp_path):
+    import threading
+
+    from napari_zup.training.session import (Finished, Message, Step, TrainConfig,
+                                             TrainingSession, Validation)
+
+    vol = np.random.default_rng(1).integers(0, 255, (10, 48, 48), dtype=np.uint8)
+    stop = threading.Event()
+    out = tmp_path / "n.safetensors"
+    cfg = TrainConfig("niiv", vol, out=out, minutes=5, eval_every=3, factors=[4], batch=2,
+                      crop=16, rows=5, arch={"channels": 8, "blocks": 1, "hidden": 16,
+                                             "layers": 2})
+    kinds, steps = [], []
+    for ev in TrainingSession(cfg, stop).events():
+        kinds.append(type(ev))
+        if isinstance(ev, Step):
+            steps.append(ev.step)
+            assert np.isfinite(ev.loss)
+            if ev.step == 7:
+                stop.set()
+        if isinstance(ev, Validation):
+            assert ev.preview is not None and ev.preview.shape == (37, 48)
+            assert out.is_file()  # the first validation wrote the first best
+        if isinstance(ev, Finished):
+            res = ev.result
+    assert kinds[0] is Message and kinds[-1] is Finished and Validation in kinds
+    assert steps == list(range(1, 8)) and res.stopped and res.steps == 7
+    _, meta = load_checkpoint(out, "niiv")
+    best = max(h["val_psnr"] for h in res.history)
+    assert meta["training"]["val_psnr"] == pytest.approx(best, abs=1e-3)
+    assert meta["training"]["held_out"] == "sections 8-9 of array"
+    assert "adapted_on" not in meta  # trained from scratch
+
+
+# -- --augment ---------------------------------------------------------------------------------
+
+def test_degradations_change_the_tuple_not_the_input():
+    from napari_zup.training.augment import degrade_tuple
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:48, :48]
+    img = (0.5 + 0.3 * np.sin(xx / 3.0) * np.cos(yy / 4.0)).astype(np.float32)
+    trip = np.stack([img, np.roll(img, 2, 1), np.roll(img, 1, 1)])
+    keep = trip.copy()
+    out = degrade_tuple(trip, rng, p=1.0)
+    np.testing.assert_array_equal(trip, keep)
+    assert out.shape == trip.shape and out.dtype == np.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert np.abs(out - trip).mean() > 0.01
+    # noise is independent per image: the two equal inputs differ afterwards
+    same = np.stack([img, img, img])
+    d = degrade_tuple(same, np.random.default_rng(1), p=1.0)
+    assert np.abs(d[0] - d[1]).mean() > 1e-3
+    # p = 0: unchanged
+    np.testing.assert_allclose(degrade_tuple(trip, rng, p=0.0), trip, atol=1e-7)
+
+
+def test_augment_reaches_the_samplers():
+    from napari_zup.methods._axial_common import PairSampler
+    from napari_zup.training.augment import degrade_tuple
+    from napari_zup.training.interp import TupleSampler
+
+    vol = np.random.default_rng(0).integers(0, 255, (12, 40, 40), dtype=np.uint8)
+    plain = TupleSampler([vol], crop=32, self_supervised=True, augment=False, seed=4)
+    deg = TupleSampler([vol], crop=32, self_supervised=True, augment=False, seed=4, degrade=True)
+    a0, a1 = plain.sample(16), deg.sample(16)
+    assert all(x.shape == y.shape for x, y in zip(a0, a1))
+    assert not np.allclose(a0[0], a1[0])
+    assert ((0 < a1[2]) & (a1[2] < 1)).all()  # positions t stay positions
+    v01 = vol.astype(np.float32) / 255
+    s0 = PairSampler(v01, [4], 5, 16, seed=2)
+    s1 = PairSampler(v01, [4], 5, 16, seed=2,
+                     degrade=lambda x, r: degrade_tuple(x, r, p=1.0))
+    (l0, h0, p0, _), (l1, h1, p1, _) = s0.sample(8), s1.sample(8)
+    assert h0.shape == h1.shape and not np.allclose(h0, h1)
+    np.testing.assert_array_equal(l1, h1[:, :, ::4])  # rows degraded after the augmentation
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_training_on_cuda_mixed_precision(tmp_path):
+    from napari_zup.training.session import train
+
+    vol = np.random.default_rng(1).integers(0, 255, (12, 64, 64), dtype=np.uint8)
+    res = train("film", vol, out=tmp_path / "f.safetensors", steps=5, eval_every=5,
+                self_supervised=True, crop=32, batch=4, device="cuda")
+    assert res.steps == 5 and np.isfinite(res.best_psnr)
+    _, meta = load_checkpoint(tmp_path / "f.safetensors", "film")
+    assert meta["training"]["device"].startswith("cuda")

@@ -154,6 +154,34 @@ def _load_torch(path: Path, device: str):
     return state, _parse_metadata(path, obj["metadata"])
 
 
+def load_model(method: str, build_model, checkpoint=None):
+    """The one loader of the learned methods: ``(model, metadata, path)`` on the CPU, eval mode.
+
+    ``checkpoint``: a path, or None for the bundled one; ``build_model(arch)`` makes the
+    network from the metadata's ``arch``. Every problem is a :class:`CheckpointError` that
+    names the file and what to do. Changes no global state (threads, seeds).
+    """
+    if checkpoint is None:
+        checkpoint = default_checkpoint(method)
+        if checkpoint is None:
+            raise CheckpointError(
+                f"no bundled {method} checkpoint is installed; pass checkpoint=PATH (train one "
+                f"with: zup train {method} --data STACK --from-scratch --out {method}.safetensors)")
+    state, meta = load_checkpoint(checkpoint, method=method, device="cpu")
+    arch = meta.get("arch")
+    if not isinstance(arch, dict):
+        raise CheckpointError(f"checkpoint {str(checkpoint)!r} has no 'arch' metadata; it was "
+                              "not written by napari_zup.training")
+    try:
+        model = build_model(arch)
+        model.load_state_dict(state, strict=True)
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+        raise CheckpointError(
+            f"checkpoint {str(checkpoint)!r} does not fit the {method} architecture "
+            f"({str(exc).splitlines()[0]}); retrain it with this version") from None
+    return model.eval(), meta, str(checkpoint)
+
+
 def default_checkpoint(method: str) -> Path | None:
     """Path of the checkpoint shipped with the package for ``method``, or None."""
     path = Path(str(resources.files("napari_zup") / "checkpoints" / f"{method}.safetensors"))

@@ -190,8 +190,8 @@ class PairSampler:
                 p = p[:, ::-1]
             hrs.append(p)
         hr = np.stack(hrs).astype(np.float32)
-        if self.degrade is not None:
-            hr = self.degrade(hr, rng)
+        if self.degrade is not None:  # drawn per patch
+            hr = np.stack([self.degrade(p[None], rng)[0] for p in hr])
         hr = hr[:, None]
         lr, pos = degrade_rows(hr, f, self.degradation)
         lr = add_noise(lr, rng, self.noise_std, self.poisson_peak).astype(np.float32)
@@ -228,39 +228,18 @@ class AxialMethod(Method):
     #: planes per forward pass (memory bound)
     batch_planes = 32
 
-    def __init__(self, checkpoint=None, device: str = "auto", fusion: str = "mean",
-                 threads: int | None = None):
-        import torch
-
-        from ..checkpoints import default_checkpoint, load_checkpoint
+    def __init__(self, checkpoint=None, device: str = "auto", fusion: str = "mean"):
+        from ..checkpoints import load_model
         from ..devices import select_device
 
-        name = self.info.name
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
         self.fusion = fusion
-        if checkpoint is None:
-            checkpoint = default_checkpoint(name)
-            if checkpoint is None:
-                raise ValueError(
-                    f"no bundled {name} checkpoint is installed; pass checkpoint=PATH "
-                    f"(train one with: zup train {name} --data STACK --factor F --out {name}.safetensors)")
         self.device = select_device(device)
-        if threads:
-            torch.set_num_threads(int(threads))
-        state, meta = load_checkpoint(checkpoint, method=name, device="cpu")
-        self.meta = meta
-        self.model = self.build_model(meta.get("arch", {}))
-        try:
-            self.model.load_state_dict(state)
-        except RuntimeError as exc:
-            from ..checkpoints import CheckpointError
-
-            raise CheckpointError(
-                f"checkpoint {str(checkpoint)!r} does not fit the {name} model "
-                f"({str(exc).splitlines()[0]}); was it written by another version?") from None
-        self.model.to(self.device).eval()
-        self.degradation = meta.get("training", {}).get("degradation", "decimate")
+        model, self.metadata, self.checkpoint = load_model(self.info.name, self.build_model,
+                                                           checkpoint)
+        self.model = model.to(self.device)
+        self.degradation = self.metadata.get("training", {}).get("degradation", "decimate")
 
     @classmethod
     def build_model(cls, arch: dict):

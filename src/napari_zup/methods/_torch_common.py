@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import CheckpointError, default_checkpoint, load_checkpoint
+from ..checkpoints import load_model
 from ..devices import select_device
 from .base import Method, RenderResult, to_dtype
 
@@ -173,29 +173,10 @@ class LearnedPairMethod(Method):
         raise NotImplementedError
 
     def __init__(self, checkpoint=None, device: str = "auto"):
-        if checkpoint is None:
-            checkpoint = default_checkpoint(self.method_name)
-            if checkpoint is None:
-                raise CheckpointError(
-                    f"no bundled {self.method_name} checkpoint is installed; pass "
-                    f"checkpoint=PATH (train one with `zup train {self.method_name}`)")
         self.device = select_device(device)
-        state, meta = load_checkpoint(checkpoint, method=self.method_name, device="cpu")
-        arch = meta.get("arch")
-        if not isinstance(arch, dict):
-            raise CheckpointError(f"checkpoint {str(checkpoint)!r} has no 'arch' metadata; "
-                                  f"it was not written by napari_zup.training")
-        try:
-            model = self.build_model(arch)
-            model.load_state_dict(state, strict=True)
-        except (TypeError, RuntimeError, KeyError) as exc:
-            raise CheckpointError(
-                f"checkpoint {str(checkpoint)!r} does not fit the {self.method_name} "
-                f"architecture ({str(exc).splitlines()[0]}); retrain it with this version"
-            ) from None
-        self.checkpoint = str(checkpoint)
-        self.metadata = meta
-        self.model = model.to(self.device).eval()
+        model, self.metadata, self.checkpoint = load_model(self.method_name, self.build_model,
+                                                           checkpoint)
+        self.model = model.to(self.device)
 
     def halo(self) -> int:
         return self.receptive_halo
