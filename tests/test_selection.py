@@ -156,3 +156,20 @@ def test_cli_reconstruct_method_auto_end_to_end(tmp_path, aniso):
     assert v.data.shape == (49, 96, 96)                          # (13 - 1) * 4 + 1
     np.testing.assert_array_equal(np.asarray(v.data)[::4], aniso[:, :96, :96])
     assert f"{chosen} x4" in proc.stderr
+
+
+def test_cli_auto_refuses_a_bad_command_before_self_evaluating(tmp_path, aniso, monkeypatch,
+                                                               capsys):
+    from napari_zup import cli
+
+    src = tmp_path / "a.tif"
+    write_volume(src, aniso[:, :64, :64], (40.0, 10.0, 10.0), "nm")
+    ran = []
+    monkeypatch.setattr(selection, "choose_method", lambda *a, **k: ran.append(1))
+    assert cli.main(["reconstruct", str(src), str(src), "--method", "auto",
+                     "--overwrite"]) == 2
+    assert "input" in capsys.readouterr().err
+    assert cli.main(["reconstruct", str(src), str(tmp_path / "o.tif"), "--method", "auto",
+                     "--montage", str(tmp_path / "missing" / "m.png")]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert ran == [] and src.exists()

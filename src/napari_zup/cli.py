@@ -236,11 +236,16 @@ def _choose_auto(args) -> str:
     if raw.get("checkpoint"):
         _fail("--method auto scores the bundled checkpoints; to use your own, name the "
               "method: --method NAME --checkpoint FILE")
-    if not (getattr(args, "workers", None) or getattr(args, "scheduler", None)):
-        try:  # refuse before the (slower) choice, not after it
+    try:  # refuse what is wrong with the command before the (slower) choice, not after it
+        check_not_input(Path(args.output), args.input)
+        if not (getattr(args, "workers", None) or getattr(args, "scheduler", None)):
             check_output_path(Path(args.output), args.overwrite)
-        except (ValueError, OSError) as exc:
-            _fail(str(exc))
+        if args.montage:
+            from .montage import check_montage_path
+
+            check_montage_path(args.montage, args.overwrite)
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
     vol = _read(args.input, args.input_level, args)
     try:
         validate_volume(vol.data)
