@@ -332,3 +332,18 @@ def test_training_on_cuda_mixed_precision(tmp_path):
     assert res.steps == 5 and np.isfinite(res.best_psnr)
     _, meta = load_checkpoint(tmp_path / "f.safetensors", "film")
     assert meta["training"]["device"].startswith("cuda")
+
+
+@pytest.mark.parametrize("method,path", [("film", "napari_zup.methods.film:Film"),
+                                         ("tsain", "napari_zup.methods.tsain:Tsain"),
+                                         ("niiv", "napari_zup.methods.niiv:Niiv"),
+                                         ("a2i", "napari_zup.methods.a2i:A2I")])
+def test_lazy_registry_entries_agree_with_the_classes(method, path):
+    """learned_registry.py repeats each learned MethodInfo (so that listing methods does not
+    import torch): the copies must equal the classes' own."""
+    import importlib
+
+    from napari_zup.methods.base import get_info
+
+    mod, cls = path.split(":")
+    assert get_info(method) == getattr(importlib.import_module(mod), cls).info
