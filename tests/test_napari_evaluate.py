@@ -60,7 +60,7 @@ def test_one_error_map_at_a_time_with_one_scale(qtbot, make_napari_viewer):
 
 def test_self_evaluation_on_an_anisotropic_layer(qtbot, make_napari_viewer):
     from napari_zup._qt import EvaluateWidget
-    from napari_zup._qt._evaluate import MODE_SELF
+    from napari_zup._qt._evaluate import MODE_DROP, MODE_SELF
 
     viewer = make_napari_viewer()
     data, kw, _ = anisotropic_sample()[0]  # 40 nm z step, 10 nm pixels
@@ -84,6 +84,10 @@ def test_self_evaluation_on_an_anisotropic_layer(qtbot, make_napari_viewer):
     assert SELF_EVAL_LABEL in w.status.text()
     assert w.scores["linear"].n_slices == 4  # sections 1, 3, 5, 7 restored from 0, 2, 4, 6, 8
     np.testing.assert_array_equal(layer.data, stack)  # the input is untouched
+    assert w.factor_spin.value() == 2
+    w.mode_combo.setCurrentText(MODE_DROP)  # the user may still drop and restore
+    assert w.factor_spin.isEnabled() and w.factor_spin.value() == 4
+    assert "every F-th slice" in w.mode_note.text()
 
 
 def test_self_evaluation_refuses_fewer_than_five_sections_in_the_dock(

@@ -1,6 +1,8 @@
 """Compare widget: several methods on the same layer, side by side in napari's grid mode."""
 from __future__ import annotations
 
+import weakref
+
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -38,11 +40,13 @@ def set_orientation(viewer, view: str) -> None:
 def show_names(viewer, layers) -> None:
     """Write each layer's name in its grid panel (napari >= 0.9). The names go away again
     when grid mode is left, by any button (see :func:`hide_names`)."""
-    named = _NAMED.setdefault(id(viewer), [])
-    if id(viewer) not in _HOOKED:
-        _HOOKED.add(id(viewer))
+    key = id(viewer)
+    entry = _NAMED.get(key)
+    if entry is None or entry[0]() is not viewer:  # new viewer (ids of closed ones recur)
+        entry = _NAMED[key] = (weakref.ref(viewer), [])
         viewer.canvas.grid.events.enabled.connect(
-            lambda e, v=viewer: None if v.canvas.grid.enabled else hide_names(v))
+            lambda e, v=weakref.ref(viewer): _grid_toggled(v()))
+    named = entry[1]
     for lay in layers:
         overlay = getattr(lay, "name_overlay", None)
         if overlay is not None:
@@ -52,17 +56,26 @@ def show_names(viewer, layers) -> None:
                 named.append(lay)
 
 
+def _grid_toggled(viewer) -> None:
+    if viewer is not None and not viewer.canvas.grid.enabled:
+        hide_names(viewer)
+
+
 def hide_names(viewer) -> None:
     """Remove the panel names written by :func:`show_names` (leaving grid mode)."""
-    for lay in _NAMED.pop(id(viewer), []):
+    entry = _NAMED.get(id(viewer))
+    if entry is None or entry[0]() is not viewer:
+        return
+    for lay in entry[1]:
         overlay = getattr(lay, "name_overlay", None)
         if overlay is not None:
             overlay.visible = False
+    entry[1].clear()
 
 
-#: Layers whose name overlay napari-zup turned on, per viewer (id).
-_NAMED: dict[int, list] = {}
-_HOOKED: set[int] = set()
+#: Per viewer (by id, with a weak reference to tell a new viewer from a closed one): the
+#: layers whose name overlay napari-zup turned on.
+_NAMED: dict[int, tuple] = {}
 
 
 class CompareWidget(DockWidget):
