@@ -1,0 +1,178 @@
+"""Longest GUI stall of every widget's run, in a real napari viewer (issue #13: <= 0.2 s).
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/bench_gui_stalls.py
+
+A 10 ms QTimer ticks on the GUI thread while each job runs; the longest gap between ticks is
+how long the interface was frozen (a click or a repaint waits that long). Jobs, on the bundled
+anisotropic FlyEM sample (33 x 192 x 192, z step 40 nm, x4): Reconstruct with linear,
+of-cubic, of-cubic with flows, film and on demand (scrolling through 12 slices), Compare
+(linear, of-linear, film), Evaluate (self-evaluation, linear + of-linear), Flow, Train (film,
+10 s then Stop). Prints a Markdown table and the load (`uptime`): the machines are shared.
+"""
+from __future__ import annotations
+
+import collections
+import subprocess
+import sys
+import threading
+import time
+import traceback
+
+import numpy as np
+
+TICK_MS = 10
+
+
+def main():
+    import napari
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_zup._sample_data import anisotropic_sample
+
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+    data, kw, _ = anisotropic_sample()[0]
+    layer = viewer.add_image(data, **kw)
+    docks = {}
+
+    def dock(name):
+        if name not in docks:
+            docks[name] = viewer.window.add_plugin_dock_widget("napari-zup", name)[1]
+        app.processEvents()
+        return docks[name]
+
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(TICK_MS)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+
+    main_id = threading.get_ident()
+    where: collections.Counter = collections.Counter()
+    sampling = threading.Event()
+
+    def sampler():  # --why: what the GUI thread was doing while it missed its ticks
+        while True:
+            time.sleep(0.05)
+            if sampling.is_set() and ticks and time.perf_counter() - ticks[-1] > 0.15:
+                frame = sys._current_frames().get(main_id)
+                stack = traceback.extract_stack(frame)[-12:] if frame else []
+                ours = [f"{f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}"
+                        for f in stack]
+                where[" <- ".join(reversed(ours[-4:]))] += 1
+
+    if "--why" in sys.argv:
+        threading.Thread(target=sampler, daemon=True).start()
+
+    def measure(label, start, done, during=None, timeout=900):
+        where.clear()
+        sampling.set()
+        ticks.clear()
+        timer.start()
+        t0 = time.perf_counter()
+        ticks.append(t0)
+        start()
+        while not done() and time.perf_counter() - t0 < timeout:
+            if during is not None:
+                during(time.perf_counter() - t0)
+            app.processEvents()
+            time.sleep(0.002)
+        total = time.perf_counter() - t0
+        app.processEvents()
+        timer.stop()
+        gap = float(np.max(np.diff(ticks))) if len(ticks) > 1 else total
+        sampling.clear()
+        rows.append((label, gap, total))
+        print(f"{label}: longest stall {gap:.3f} s over {total:.1f} s", flush=True)
+        for stack, n in where.most_common(4):
+            print(f"    {n * 0.05:.2f} s in {stack}", flush=True)
+
+    rows: list[tuple[str, float, float]] = []
+    load0 = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+    rec = dock("Reconstruct")
+    rec.layer_combo.set_layer(layer)
+    for method, flows in (("linear", False), ("of-cubic", False), ("of-cubic", True),
+                          ("film", False)):
+        rec.method_combo.setCurrentText(method)
+        rec.factor_spin.setValue(4)
+        if rec.flow_check.isEnabled():
+            rec.flow_check.setChecked(flows)
+        box = {}
+        measure(f"Reconstruct {method}" + (" + flows" if flows else ""),
+                lambda: box.setdefault("run", rec.start()),
+                lambda: box.get("run") is None or not box["run"].running)
+        for lay in list(viewer.layers):
+            if lay is not layer:
+                viewer.layers.remove(lay)
+    rec.flow_check.setChecked(False)
+
+    # on demand: the whole layer at once, then the slider moves every 0.3 s over 12 slices
+    from napari_zup._qt._on_demand import OnDemandRun
+
+    run = OnDemandRun(viewer, layer, "of-linear", 4)
+    zs = list(range(5, 125, 10))
+    state = {"i": 0, "next": 0.0}
+
+    def scroll(t):
+        if state["i"] < len(zs) and t >= state["next"]:
+            viewer.dims.set_point(0, zs[state["i"]] * run.layer.scale[0])
+            state["i"] += 1
+            state["next"] = t + 0.3
+
+    measure("Reconstruct on demand (of-linear, scrolling 12 slices)", run.start,
+            lambda: state["i"] >= len(zs) and all(run.view.ready(z) for z in zs), scroll)
+    viewer.layers.remove(run.layer)
+
+    cmp_ = dock("Compare")
+    cmp_.layer_combo.set_layer(layer)
+    cmp_.methods.set_selected(["linear", "of-linear", "film"])
+    measure("Compare linear, of-linear, film", cmp_.start, lambda: not cmp_.running)
+    for lay in list(viewer.layers):
+        if lay is not layer:
+            viewer.layers.remove(lay)
+    viewer.canvas.grid.enabled = False
+
+    ev = dock("Evaluate")
+    ev.layer_combo.set_layer(layer)
+    ev.methods.set_selected(["linear", "of-linear"])
+    measure(f"Evaluate ({ev.mode_combo.currentText()}) linear, of-linear", ev.start,
+            lambda: ev.worker is None or not ev.worker.is_running)
+    for lay in list(viewer.layers):
+        if lay is not layer:
+            viewer.layers.remove(lay)
+
+    fl = dock("Flow")
+    fl.layer_combo.set_layer(layer)
+    measure("Flow (default window)", fl.compute,
+            lambda: fl.worker is None or not fl.worker.is_running)
+    for lay in list(viewer.layers):
+        if lay is not layer:
+            viewer.layers.remove(lay)
+
+    tr = dock("Train")
+    tr.layer_combo.set_layer(layer)
+    tr.method_combo.setCurrentText("film")
+    box = {"t0": None}
+
+    def train_start():
+        tr.start()
+        box["t0"] = time.perf_counter()
+
+    def train_during(t):
+        if t > 10 and tr.status_text == "running":
+            tr.stop()
+
+    measure("Train film (10 s, then Stop)", train_start,
+            lambda: tr.status_text in ("done", "stopped", "failed"), train_during)
+
+    load1 = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print("\n| job | longest GUI stall | job time |\n|---|---|---|")
+    for label, gap, total in rows:
+        print(f"| {label} | {gap:.3f} s | {total:.1f} s |")
+    print(f"\nload before: {load0}\nload after:  {load1}")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
