@@ -36,7 +36,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._train_plot import TrainPlot
+from ._train_plot import TrainPlot, _fmt_s, _unit_plane
 from ._common import (
     DockWidget,
     LayerCombo,
@@ -53,18 +53,6 @@ from ._common import (
 TRAINABLE = ("niiv", "a2i", "film", "tsain")
 #: points on the loss curve: the mean loss over this many steps
 POINT_STEPS = 10
-
-
-def _unit_plane(plane, dtype):
-    from ..methods.base import dtype_value_range
-
-    plane = np.asarray(plane, np.float32)
-    rng = dtype_value_range(np.dtype(dtype))
-    if rng is None:
-        finite = plane[np.isfinite(plane)]
-        rng = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    lo, hi = rng
-    return np.clip((plane - lo) / ((hi - lo) or 1.0), 0, 1)
 
 
 #: Largest stack trained on as a whole (voxels; it is held as float32 in memory).
@@ -96,13 +84,6 @@ def default_checkpoint_path(layer_name: str, method: str, directory: Path | None
         path = directory / f"{stem}-{n}.safetensors"
         n += 1
     return path
-
-
-def _fmt_s(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    m, s = divmod(seconds, 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 class TrainWidget(DockWidget):

@@ -4,6 +4,25 @@ from __future__ import annotations
 import numpy as np
 
 
+def _unit_plane(plane, dtype):
+    from ..methods.base import dtype_value_range
+
+    plane = np.asarray(plane, np.float32)
+    rng = dtype_value_range(np.dtype(dtype))
+    if rng is None:
+        finite = plane[np.isfinite(plane)]
+        rng = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    lo, hi = rng
+    return np.clip((plane - lo) / ((hi - lo) or 1.0), 0, 1)
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    m, s = divmod(seconds, 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
 class TrainPlot:
     """A matplotlib canvas that shows what a training session reports (display only)."""
 

@@ -55,8 +55,6 @@ def preview_plane(model, volume01: np.ndarray, factor: float, width: int = 160, 
     what the widget shows while training. Returns (P, width) float in [0, 1]."""
     import torch
 
-    from ..methods._axial_common import query_grid
-
     z, h, w = volume01.shape
     plane = volume01[:, h // 2, : min(width, w)]
     n_out = int(math.floor((z - 1) * factor)) + 1

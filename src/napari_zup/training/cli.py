@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .session import Finished, Message, Step, TrainingError, TrainingSession, Validation, \
-    family_of, TrainConfig
+from .session import (Finished, Message, Step, TrainConfig, TrainingError, TrainingSession,
+                      Validation, family_of)
 
 #: flags that only one family understands -> the TrainConfig field and who uses it
 FAMILY_FLAGS = {

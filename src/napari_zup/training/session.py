@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..checkpoints import CheckpointError, default_checkpoint, load_checkpoint, save_checkpoint
+from ..checkpoints import default_checkpoint, load_checkpoint, save_checkpoint
 
 
 class TrainingError(ValueError):
