@@ -347,3 +347,37 @@ def test_lazy_registry_entries_agree_with_the_classes(method, path):
 
     mod, cls = path.split(":")
     assert get_info(method) == getattr(importlib.import_module(mod), cls).info
+
+
+def test_ctrl_c_keeps_the_best_and_never_touches_the_bundled_file(tmp_path):
+    """SIGINT during training: the best checkpoint so far stays, exit status 130."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from napari_zup.checkpoints import default_checkpoint
+
+    data, _ = _stack(tmp_path, 12, 64)
+    bundled = default_checkpoint("niiv")
+    before = _sha(bundled)
+    out = tmp_path / "a.safetensors"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "napari_zup.cli", "train", "niiv", "--data", str(data), "--out",
+         str(out), "--factor", "4", "--minutes", "10", "--eval-every", "2", "--batch", "2",
+         "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines = []
+    deadline = time.time() + 240
+    for line in proc.stdout:  # wait for the first validation
+        lines.append(line)
+        if "held-out PSNR" in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=240)
+    text = "".join(lines) + rest
+    assert proc.returncode == 130, (text, err)
+    assert "interrupted" in text and out.is_file()
+    _, meta = load_checkpoint(out, "niiv")
+    assert meta["adapted_on"]["file"] == "stack.tif"
+    assert _sha(bundled) == before

@@ -197,7 +197,7 @@ def read_metadata(path) -> dict[str, Any]:
 def factor_warning(method: str, factor, checkpoint=None) -> str | None:
     """A warning when ``factor`` lies outside the factors ``checkpoint`` (default: the bundled
     one) was trained for, else None. Methods without checkpoints, or checkpoints that do not
-    record a range, give None. Reads only the file's header-side metadata."""
+    record a range, give None. Reads the metadata with :func:`read_metadata` (checked)."""
     path = checkpoint or default_checkpoint(method)
     if path is None:
         return None

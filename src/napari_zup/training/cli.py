@@ -105,10 +105,11 @@ def main(method: str, argv: list[str]) -> int:
 
     cfg = config_from_args(method, argv)
     session = TrainingSession(cfg)
-    last_print = 0.0
+    last_print, interrupted = 0.0, False
     try:
         for ev in session.events():
             if isinstance(ev, Message):
+                interrupted = interrupted or ev.text.startswith("interrupted")
                 print(ev.text, flush=True)
             elif isinstance(ev, Step):
                 if ev.step == 1 or ev.minutes - last_print >= 0.25:
@@ -126,10 +127,11 @@ def main(method: str, argv: list[str]) -> int:
     except (TrainingError, CheckpointError, ValueError, OSError) as exc:
         print(f"zup train {method}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"interrupted; the best checkpoint so far is in {cfg.out}", file=sys.stderr)
+    except KeyboardInterrupt:  # before the first step or during the final save
+        print(f"interrupted; the best checkpoint so far (if any) is in {cfg.out}",
+              file=sys.stderr)
         return 130
-    return 0
+    return 130 if interrupted else 0
 
 
 if __name__ == "__main__":  # python -m napari_zup.training.cli METHOD ARGS
