@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from ._axial_common import AxialMethod
 from .base import MethodInfo
@@ -62,10 +63,13 @@ class NiivNet(nn.Module):
         self.receptive_halo = 2 * blocks + 2 + 2
 
     def encode(self, lr):
-        h = self.head(lr - 0.5)
+        # channels-last: the 3x3 convolutions on these wide, short planes run ~3x faster
+        h = self.head((lr - 0.5).contiguous(memory_format=torch.channels_last))
         return h + self.body(h)
 
     def _decode(self, latent, rel, cell, value):
+        """The decoder as written in the paper (one MLP over concatenated features); kept as
+        the reference that :meth:`forward`'s factorised decoder is tested against."""
         b, _, p, w = latent.shape
         feats = [latent, rel]
         for k in range(self.bands):
@@ -73,23 +77,52 @@ class NiivNet(nn.Module):
         feats += [torch.full_like(rel, float(cell)), value - 0.5]
         return self.mlp(torch.cat(feats, 1))
 
+    def _rows_term(self, w_rel, bias, rel):
+        """First MLP layer's contribution of a row's offset ``rel`` (P,) and its positional
+        encoding (the same for every column): (P, hidden)."""
+        feats = [rel]
+        for k in range(self.bands):
+            feats += [torch.sin(math.pi * 2 ** k * rel), torch.cos(math.pi * 2 ** k * rel)]
+        return F.linear(torch.stack(feats, 1), w_rel, bias)
+
     def forward(self, lr, positions, cell):
+        """(B, 1, n, W) -> (B, 1, P, W). Equal to decoding every output pixel with
+        :meth:`_decode` (to float rounding) but factorised: the first MLP layer is linear, so
+        its latent part is applied once per *input* row and then gathered (F x fewer rows),
+        the row-offset part once per output row, and the MLP runs channels-last as matmuls."""
         b, _, n, w = lr.shape
         latent = self.encode(lr)
+        convs = [m for m in self.mlp if isinstance(m, nn.Conv2d)]
+        c, nb = latent.shape[1], 1 + 2 * self.bands
+        w1 = convs[0].weight[:, :, 0, 0]
+        w_lat, w_rel = w1[:, :c], w1[:, c:c + nb]
+        bias = convs[0].bias + w1[:, c + nb] * float(cell)
+        w_val = w1[:, c + nb + 1]
+        g = F.linear(latent.permute(0, 2, 3, 1), w_lat)  # (B, n, W, hidden)
         pos = positions.to(lr.dtype)
         k0 = torch.clamp(torch.floor(pos), 0, max(n - 2, 0)).long()
         k1 = torch.clamp(k0 + 1, max=n - 1)
-        t = (pos - k0.to(pos.dtype)).view(1, 1, -1, 1)
-        value = (1 - t) * lr[:, :, k0] + t * lr[:, :, k1]
-        shape = (b, 1, len(pos), w)
+        t = pos - k0.to(pos.dtype)
+        t4 = t.view(1, -1, 1, 1)
+        value = (1 - t4[..., 0]) * lr[:, 0, k0] + t4[..., 0] * lr[:, 0, k1]  # (B, P, W)
+        val = (value - 0.5).unsqueeze(-1)
+
+        def first(gathered, rel):
+            h = gathered.add_(self._rows_term(w_rel, bias, rel).view(1, -1, 1, w1.shape[0]))
+            return h.addcmul_(val, w_val).relu_()
+
+        def hidden(h):
+            for conv in convs[1:-1]:
+                h = F.linear(h, conv.weight[:, :, 0, 0], conv.bias).relu_()
+            return h
+
         if self.sampling == "bilinear":
-            lat = (1 - t) * latent[:, :, k0] + t * latent[:, :, k1]
-            out = self._decode(lat, t.expand(shape), cell, value)
-        else:
-            t_ = t.clamp(0, 1)
-            out = (1 - t_) * self._decode(latent[:, :, k0], t.expand(shape), cell, value) \
-                + t_ * self._decode(latent[:, :, k1], (t - 1).expand(shape), cell, value)
-        return value + out
+            h = hidden(first(torch.lerp(g[:, k0], g[:, k1], t4), t))
+        else:  # the last layer is affine and the blend weights sum to 1: blend before it
+            t_ = t4.clamp(0, 1)
+            h = torch.lerp(hidden(first(g[:, k0], t)), hidden(first(g[:, k1], t - 1)), t_)
+        out = F.linear(h, convs[-1].weight[:, :, 0, 0], convs[-1].bias)[..., 0]
+        return (value + out).unsqueeze(1)
 
 
 class Niiv(AxialMethod):
