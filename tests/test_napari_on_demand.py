@@ -49,3 +49,24 @@ def test_on_demand_errors_become_notifications(viewer_with_sample, qtbot, notes,
     viewer.dims.set_point(0, 10 * run.layer.scale[0])
     run.layer.refresh()
     qtbot.waitUntil(lambda: any("model exploded" in str(m) for m in notes), timeout=20_000)
+
+
+def test_reconstruct_widget_on_demand_entry(viewer_with_sample, qtbot):
+    from napari_zup._qt._reconstruct import ENGINE_ON_DEMAND, ReconstructWidget
+
+    viewer, src = viewer_with_sample
+    before = np.asarray(src.data).copy()
+    w = ReconstructWidget(viewer)
+    w.layer_combo.set_layer(src)
+    w.method_combo.setCurrentText("cubic")
+    w.factor_spin.setValue(4)
+    w.engine_combo.setCurrentText(ENGINE_ON_DEMAND)
+    assert w.output_row.isHidden() and w.flow_check.isHidden()  # nothing written, no flows
+    run = w.start()
+    assert run is not None and "on demand" in w.status.text()
+    assert run.layer.data.shape == ((33 - 1) * 4 + 1, 192, 192)
+    assert w.run_button.isEnabled()  # interactive: another run may start at once
+    eager = reconstruct(before, "cubic", 4)
+    viewer.dims.set_point(0, 50 * run.layer.scale[0])
+    qtbot.waitUntil(lambda: np.array_equal(_shown(run.layer), eager[50]), timeout=60_000)
+    np.testing.assert_array_equal(np.asarray(src.data), before)

@@ -33,6 +33,7 @@ from ._common import (
     wrap_label,
 )
 from ._cluster_run import ClusterRun, suggest_output
+from ._on_demand import OnDemandRun
 from ._run import StreamingRun
 
 CHOOSE_FILE = "Choose a file…"
@@ -51,7 +52,9 @@ AUTO_DESCRIPTION = (
 ENGINE_THREADS = "this napari (threads)"
 ENGINE_LOCAL = "dask: local cluster"
 ENGINE_SCHEDULER = "dask: scheduler address"
-ENGINES = (ENGINE_THREADS, ENGINE_LOCAL, ENGINE_SCHEDULER)
+#: The whole output layer at once, computed where the user looks (_on_demand.OnDemandRun).
+ENGINE_ON_DEMAND = "on demand (computes what you view)"
+ENGINES = (ENGINE_THREADS, ENGINE_ON_DEMAND, ENGINE_LOCAL, ENGINE_SCHEDULER)
 
 
 class ReconstructWidget(DockWidget):
@@ -127,7 +130,9 @@ class ReconstructWidget(DockWidget):
             "threads: computed inside napari, fastest start, for what fits this machine. "
             "dask: every output chunk is a task on a dask cluster writing an OME-Zarr store "
             "(with a pyramid) that the new layer reads as it fills in; resumable, and for "
-            "volumes larger than this machine")
+            "volumes larger than this machine. on demand: the whole result layer at once; "
+            "the slices (and xz/yz tiles) you look at are computed in the background and "
+            "kept in memory, nothing is written")
         self.workers_spin = QSpinBox()
         self.workers_spin.setRange(1, 256)
         self.workers_spin.setValue(max(1, os.cpu_count() or 1))
@@ -284,13 +289,14 @@ class ReconstructWidget(DockWidget):
                 label.setVisible(on)
 
     def _engine_changed(self, engine):
-        on_dask = engine != ENGINE_THREADS
+        on_dask = engine in (ENGINE_LOCAL, ENGINE_SCHEDULER)
         self._show_row(self.workers_spin, engine == ENGINE_LOCAL)
         self._show_row(self.scheduler_edit, engine == ENGINE_SCHEDULER)
         self._show_row(self.output_row, on_dask)
         # The cluster writes chunk by chunk and keeps no flow fields; tiles are its chunks.
         for w in (self.tile_spin, self.flow_check, self.vector_step, self.follow_check):
-            self._show_row(w, not on_dask)
+            self._show_row(w, not on_dask and engine != ENGINE_ON_DEMAND)
+        self._show_row(self.tile_spin, not on_dask)
         if on_dask:
             self._suggest_output()
 
@@ -304,7 +310,7 @@ class ReconstructWidget(DockWidget):
             return  # keep the store of a running or unfinished run: rerunning resumes it
         layer = self.layer_combo.layer()
         if (layer is None or layer_problem(layer)
-                or self.engine_combo.currentText() == ENGINE_THREADS):
+                or self.engine_combo.currentText() in (ENGINE_THREADS, ENGINE_ON_DEMAND)):
             return
         self.output_edit.setText(str(suggest_output(layer, self.method_combo.currentText(),
                                                     self.factor_spin.value())))
@@ -379,6 +385,8 @@ class ReconstructWidget(DockWidget):
             if note:
                 notify_warning(f"Reconstruct: {note}")
             engine = self.engine_combo.currentText()
+            if engine == ENGINE_ON_DEMAND:
+                return self._start_on_demand(layer, method, factor, params)
             if engine != ENGINE_THREADS:
                 return self._start_cluster(layer, method, factor, params, engine)
         except ValueError as exc:
@@ -398,6 +406,16 @@ class ReconstructWidget(DockWidget):
         self.progress_bar.setVisible(True)
         self.status.setText(f"{method} ×{float(factor):g}: starting…")
         self.run.start()
+        return self.run
+
+    def _start_on_demand(self, layer, method, factor, params):
+        self.run = OnDemandRun(self.viewer, layer, method, factor, method_params=params,
+                               tile_size=self.tile_spin.value() or None)
+        self.runs.append(self.run)
+        self.run.start()
+        self.status.setText(f"{method} ×{float(factor):g} on demand: layer "
+                            f"{self.run.layer.name!r}; the slices you view are computed in the "
+                            "background (black until they arrive)")
         return self.run
 
     def _start_cluster(self, layer, method, factor, params, engine):
