@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-import torch.nn.functional as F  # noqa: E402
 
 from napari_zup.engine import reconstruct  # noqa: E402
 from napari_zup.methods._axial_common import query_grid, xz_planes, yz_planes  # noqa: E402

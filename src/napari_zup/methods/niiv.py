@@ -67,16 +67,6 @@ class NiivNet(nn.Module):
         h = self.head((lr - 0.5).contiguous(memory_format=torch.channels_last))
         return h + self.body(h)
 
-    def _decode(self, latent, rel, cell, value):
-        """The decoder as written in the paper (one MLP over concatenated features); kept as
-        the reference that :meth:`forward`'s factorised decoder is tested against."""
-        b, _, p, w = latent.shape
-        feats = [latent, rel]
-        for k in range(self.bands):
-            feats += [torch.sin(math.pi * 2 ** k * rel), torch.cos(math.pi * 2 ** k * rel)]
-        feats += [torch.full_like(rel, float(cell)), value - 0.5]
-        return self.mlp(torch.cat(feats, 1))
-
     def _rows_term(self, w_rel, bias, rel):
         """First MLP layer's contribution of a row's offset ``rel`` (P,) and its positional
         encoding (the same for every column): (P, hidden)."""
@@ -86,10 +76,12 @@ class NiivNet(nn.Module):
         return F.linear(torch.stack(feats, 1), w_rel, bias)
 
     def forward(self, lr, positions, cell):
-        """(B, 1, n, W) -> (B, 1, P, W). Equal to decoding every output pixel with
-        :meth:`_decode` (to float rounding) but factorised: the first MLP layer is linear, so
-        its latent part is applied once per *input* row and then gathered (F x fewer rows),
-        the row-offset part once per output row, and the MLP runs channels-last as matmuls."""
+        """(B, 1, n, W) -> (B, 1, P, W). Equal (to float rounding) to decoding every output
+        pixel with the MLP from its concatenated features (latent, offset and its encoding,
+        cell, value; tests/test_learned_speed.py writes that out) but factorised: the first
+        MLP layer is linear, so its latent part is applied once per *input* row and then
+        gathered (F x fewer rows), the row-offset part once per output row, and the MLP
+        runs channels-last as matmuls."""
         b, _, n, w = lr.shape
         latent = self.encode(lr)
         convs = [m for m in self.mlp if isinstance(m, nn.Conv2d)]
