@@ -97,7 +97,8 @@ def main(argv=None) -> int:
         line = f"{name:6s} after {best['after']:.2f} s/slice"
         if args.ref:
             diff = int(np.abs(outs["before"].astype(int) - outs["after"].astype(int)).max())
-            line += (f"  before {best['before']:.2f} s/slice  speed-up x{best['before'] / best['after']:.2f}"
+            ratio = best["before"] / best["after"]
+            line += (f"  before {best['before']:.2f} s/slice  speed-up x{ratio:.2f}"
                      f"  max|after-before| {diff} grey levels")
         print(line, flush=True)
     print(f"# {uptime()}")
