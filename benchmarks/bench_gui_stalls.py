@@ -136,16 +136,24 @@ def main():
     ev = dock("Evaluate")
     ev.layer_combo.set_layer(layer)
     ev.methods.set_selected(["linear", "of-linear"])
-    measure(f"Evaluate ({ev.mode_combo.currentText()}) linear, of-linear", ev.start,
-            lambda: ev.worker is None or not ev.worker.is_running)
+    def started(widget, start):  # done = the worker's finished signal, not "not running yet"
+        flag = {}
+
+        def go():
+            start()
+            widget.worker.finished.connect(lambda: flag.setdefault("done", True))
+        return go, lambda: "done" in flag
+
+    go, finished = started(ev, ev.start)
+    measure(f"Evaluate ({ev.mode_combo.currentText()}) linear, of-linear", go, finished)
     for lay in list(viewer.layers):
         if lay is not layer:
             viewer.layers.remove(lay)
 
     fl = dock("Flow")
     fl.layer_combo.set_layer(layer)
-    measure("Flow (default window)", fl.compute,
-            lambda: fl.worker is None or not fl.worker.is_running)
+    go, finished = started(fl, fl.compute)
+    measure("Flow (default window)", go, finished)
     for lay in list(viewer.layers):
         if lay is not layer:
             viewer.layers.remove(lay)

@@ -53,9 +53,10 @@ def test_one_error_map_at_a_time_with_one_scale(qtbot, make_napari_viewer):
         assert header.sectionSize(c) >= header.fontMetrics().horizontalAdvance(text)
     # side by side, then back to one map: the panel names go with the grid
     w.side_by_side()
-    assert viewer.canvas.grid.enabled and layer.name_overlay.visible
+    assert viewer.canvas.grid.enabled and not layer.name_overlay.visible
+    assert "grid panels" in w.status.text() and "|R-G|" in w.status.text()
     w.map_combo.setCurrentText("of-linear")
-    assert not viewer.canvas.grid.enabled and not layer.name_overlay.visible
+    assert not viewer.canvas.grid.enabled
 
 
 def test_self_evaluation_on_an_anisotropic_layer(qtbot, make_napari_viewer):

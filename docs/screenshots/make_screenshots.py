@@ -168,9 +168,6 @@ def streaming():
     pump(0.5)
     from napari_zup._qt._compare import set_orientation
 
-    from napari_zup._qt._compare import show_names
-
-    show_names(viewer, viewer.layers)
     viewer.canvas.grid.enabled = True  # input (left) and the half-filled output (right)
     viewer.canvas.background_color_override = "#3b3f4a"  # so the empty part shows as black
     set_orientation(viewer, "xz")
@@ -192,7 +189,7 @@ def cluster():
 
     from napari_zup import distributed
     from napari_zup._qt._cluster_run import ClusterRun
-    from napari_zup._qt._compare import set_orientation, show_names
+    from napari_zup._qt._compare import set_orientation
     from napari_zup._qt._reconstruct import ENGINE_LOCAL
 
     viewer = new_viewer()
@@ -216,7 +213,6 @@ def cluster():
     run = w.start()
     wait(lambda: run.layer is not None and run.done >= 3)
     pump(1.0)
-    show_names(viewer, viewer.layers)
     viewer.canvas.grid.enabled = True
     viewer.canvas.background_color_override = "#3b3f4a"
     set_orientation(viewer, "xz")

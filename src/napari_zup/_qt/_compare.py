@@ -1,7 +1,6 @@
 """Compare widget: several methods on the same layer, side by side in napari's grid mode."""
 from __future__ import annotations
 
-import weakref
 
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
@@ -37,45 +36,22 @@ def set_orientation(viewer, view: str) -> None:
     viewer.dims.order = tuple(range(lead)) + tuple(lead + a for a in ORIENTATIONS[view])
 
 
-def show_names(viewer, layers) -> None:
-    """Write each layer's name in its grid panel (napari >= 0.9). The names go away again
-    when grid mode is left, by any button (see :func:`hide_names`)."""
-    key = id(viewer)
-    entry = _NAMED.get(key)
-    if entry is None or entry[0]() is not viewer:  # new viewer (ids of closed ones recur)
-        entry = _NAMED[key] = (weakref.ref(viewer), [])
-        viewer.canvas.grid.events.enabled.connect(
-            lambda e, v=weakref.ref(viewer): _grid_toggled(v()))
-    named = entry[1]
+def panel_caption(viewer, layers) -> str:
+    """Which of ``layers`` is in which grid panel (row by row), for the dock; asks napari's
+    own grid for the positions, so it is right whatever napari's ordering rule is.
+
+    Not drawn on the canvas: napari 0.9's per-layer name overlays (and any text overlay)
+    drawn in grid mode crashed napari (segfault in the GL driver, Mesa llvmpipe) as soon as
+    such a layer was removed and another added, which is what users of Compare do.
+    """
+    grid_, all_layers = viewer.canvas.grid, list(viewer.layers)
+    panels: dict[tuple[int, int], list[str]] = {}
     for lay in layers:
-        overlay = getattr(lay, "name_overlay", None)
-        if overlay is not None:
-            overlay.font_size = 9
-            overlay.visible = True
-            if lay not in named:
-                named.append(lay)
-
-
-def _grid_toggled(viewer) -> None:
-    if viewer is not None and not viewer.canvas.grid.enabled:
-        hide_names(viewer)
-
-
-def hide_names(viewer) -> None:
-    """Remove the panel names written by :func:`show_names` (leaving grid mode)."""
-    entry = _NAMED.get(id(viewer))
-    if entry is None or entry[0]() is not viewer:
-        return
-    for lay in entry[1]:
-        overlay = getattr(lay, "name_overlay", None)
-        if overlay is not None:
-            overlay.visible = False
-    entry[1].clear()
-
-
-#: Per viewer (by id, with a weak reference to tell a new viewer from a closed one): the
-#: layers whose name overlay napari-zup turned on.
-_NAMED: dict[int, tuple] = {}
+        pos = tuple(grid_.position(all_layers.index(lay), all_layers))
+        if pos != (-1, -1):
+            panels.setdefault(pos, []).append(lay.name)
+    return "grid panels, row by row: " + " | ".join(
+        f"{k + 1} {' + '.join(names)}" for k, (_, names) in enumerate(sorted(panels.items())))
 
 
 class CompareWidget(DockWidget):
@@ -131,6 +107,8 @@ class CompareWidget(DockWidget):
         self.grid_button.clicked.connect(self.toggle_grid)
         views.addWidget(self.grid_button)
         self.layout().addLayout(views)
+        self.panels = wrap_label()  # which method is in which panel (see panel_caption)
+        self.layout().addWidget(self.panels)
         self.add_progress()
         self.layout().addStretch(1)
 
@@ -287,9 +265,9 @@ class CompareWidget(DockWidget):
             lay.visible = True
         for lay in self.results:
             lay.contrast_limits = tuple(layer.contrast_limits)
-        show_names(self.viewer, keep)
         self.viewer.canvas.grid.stride = 1
         self.viewer.canvas.grid.enabled = True
+        self.panels.setText(panel_caption(self.viewer, keep))
 
     def toggle_grid(self):
         g = self.viewer.canvas.grid

@@ -458,7 +458,7 @@ class EvaluateWidget(DockWidget):
 
     def side_by_side(self):
         """Grid mode, stride 2: panel k = restored layer of method k + its error map."""
-        from ._compare import show_names
+        from ._compare import panel_caption
 
         layers = self.viewer.layers
         pairs = [(self.restored_layers[m], self.error_layers[m]) for m in self.scores
@@ -473,9 +473,9 @@ class EvaluateWidget(DockWidget):
             layers.move(layers.index(lay), dest)
         for lay in layers:
             lay.visible = lay in order
-        show_names(self.viewer, [r for r, _ in pairs] + [self._layer])
         self.viewer.canvas.grid.stride = 2
         self.viewer.canvas.grid.enabled = True
+        self.status.setText(panel_caption(self.viewer, order))
 
     def _finish(self):
         self.run_button.setEnabled(True)

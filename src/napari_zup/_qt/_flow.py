@@ -303,10 +303,6 @@ class FlowWidget(DockWidget):
         else:
             z0, z1 = sorted((self.z0.value(), self.z1.value()))
             pairs = list(range(z0, z1 + 1))
-        if not self.viewer.canvas.grid.enabled:
-            from ._compare import hide_names
-
-            hide_names(self.viewer)  # no panel names of a grid that is gone
         self._layer, self._pairs, self._params = layer, pairs, params
         self._results = []
         self._t0 = time.perf_counter()

@@ -1,6 +1,8 @@
 """Reconstruct widget: one image layer -> a new, isotropic layer that streams in live."""
 from __future__ import annotations
 
+import time
+
 import os
 from pathlib import Path
 
@@ -70,6 +72,7 @@ class ReconstructWidget(DockWidget):
         self.runs: list[StreamingRun] = []
         self._checkpoint_file: str | None = None
         self._output_auto = True
+        self._last_status = 0.0
 
         form = QFormLayout()
         self.layer_combo = LayerCombo(self.viewer)
@@ -538,6 +541,12 @@ class ReconstructWidget(DockWidget):
             self.status.setText("cancelling (stops after the tiles in progress)…")
 
     def _on_progress(self, run):
+        # At most ~8 updates a second: each new status text can relayout the dock (and the
+        # canvas beside it); per slice, fast methods spent seconds of the GUI thread there.
+        now = time.perf_counter()
+        if now - self._last_status < 0.125 and run.progress.done < run.progress.total:
+            return
+        self._last_status = now
         self.progress_bar.setValue(run.progress.done)
         first = run.stats.get("first_slice_s")
         self.status.setText(f"{run.method}: {run.progress}"
