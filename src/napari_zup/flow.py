@@ -15,7 +15,7 @@ import numpy as np
 @dataclass(frozen=True)
 class FarnebackParams:
     """Parameters of ``cv2.calcOpticalFlowFarneback``; defaults follow the OF-FIBSEM paper
-    (3 pyramid levels, 129 px window) and the reference of ../shared/EVALUATION.md."""
+    (3 pyramid levels, 129 px window) and the reference of docs/evaluation.md."""
 
     pyr_scale: float = 0.5
     levels: int = 3

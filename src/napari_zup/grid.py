@@ -1,4 +1,4 @@
-"""The output grid of a z-reconstruction (../shared/EVALUATION.md, "Grid convention").
+"""The output grid of a z-reconstruction (docs/evaluation.md, "Grid convention").
 
 A reconstruction at factor F maps Z input slices to ``floor((Z - 1) * F) + 1`` output slices;
 output slice i lies at input z-coordinate ``i / F``. Factors are handled as exact fractions so

@@ -1,4 +1,4 @@
-"""Evaluate widget: the drop-and-restore protocol of ../shared/EVALUATION.md on an isotropic
+"""Evaluate widget: the drop-and-restore protocol of docs/evaluation.md on an isotropic
 layer, or self-evaluation on an anisotropic one (keep every second section, restore the
 others, score against the real ones), with restored layers, error maps |R - G| (one method at
 a time), a metrics table and the mean SSIM by position between knots.
