@@ -243,7 +243,8 @@ def test_evaluate_shows_the_same_numbers_as_evaluate_method(qtbot, make_napari_v
     for row, m in enumerate(["linear", "of-linear"]):
         ref, recon, maps = evaluate_method(g, 4, m, keep_output=True, error_maps=True)
         cells = [w.table.item(row, c).text() for c in range(w.table.columnCount())]
-        assert cells[:5] == score_cells(m, ref)[:5]  # all but the timing
+        assert cells[:6] == score_cells(m, ref)[:6]  # all but the timing
+        assert cells[5] == f"{ref.texture:.3f}" and 0 < ref.texture < 1  # smoother than knots
         assert w.scores[m].per_slice["ssim"] == ref.per_slice["ssim"]
         np.testing.assert_array_equal(w.restored_layers[m].data, recon)
         np.testing.assert_allclose(w.error_layers[m].data, maps)

@@ -51,7 +51,9 @@ from ._common import (
 )
 from ._methods import MethodPicker
 
-COLUMNS = ("method", "PSNR dB", "SSIM", "F-PSNR dB", "IE", "s/slice")
+#: "texture": high-frequency energy of the restored slices / that of the knots (1 = as
+#: textured as real sections; below 1: smoother, seen as banding in xz/yz).
+COLUMNS = ("method", "PSNR dB", "SSIM", "F-PSNR dB", "IE", "texture", "s/slice")
 #: Error maps share one contrast: 0 .. this percentile of all methods' restored errors.
 ERROR_PERCENTILE = 99.9
 #: Layers whose z step / pixel size exceeds this get self-evaluation by default.
@@ -94,7 +96,7 @@ def ssim_by_position(score, factor: int) -> dict[int, float]:
 def score_cells(method: str, score) -> list[str]:
     """Table cells of one method, formatted as ``zup evaluate`` prints them."""
     return [method, f"{score.psnr:.2f}", f"{score.ssim:.4f}", f"{score.fpsnr:.2f}",
-            f"{score.ie:.2f}", f"{score.seconds_per_slice:.4f}"]
+            f"{score.ie:.2f}", f"{score.texture:.3f}", f"{score.seconds_per_slice:.4f}"]
 
 
 class EvaluateWidget(DockWidget):
