@@ -118,12 +118,14 @@ def test_panel_names_are_in_the_dock_not_on_the_canvas(qtbot, small_viewer):
     assert not any(lay.name_overlay.visible for lay in viewer.layers)
     assert not viewer.text_overlay.visible
     text = w.panels.text()
-    names = [lay.name for lay in w.results] + [layer.name]
+    names = [lay.name.replace(f"{layer.name} · ", "") for lay in w.results] + ["input"]
+    pos_of = {lay.name.replace(f"{layer.name} · ", ""): lay for lay in w.results}
+    pos_of["input"] = layer
     assert all(n in text for n in names) and text.count("|") == len(names) - 1
     # the caption follows napari's own grid placement
-    pos = {lay.name: tuple(viewer.canvas.grid.position(list(viewer.layers).index(lay),
-                                                         list(viewer.layers)))
-           for lay in viewer.layers}
+    pos = {n: tuple(viewer.canvas.grid.position(list(viewer.layers).index(lay),
+                                                  list(viewer.layers)))
+           for n, lay in pos_of.items()}
     order = sorted(names, key=lambda n: pos[n])
     assert [text.index(n) for n in order] == sorted(text.index(n) for n in order)
     # removing a result and adding a layer afterwards (what crashed) works

@@ -54,7 +54,7 @@ def test_one_error_map_at_a_time_with_one_scale(qtbot, make_napari_viewer):
     # side by side, then back to one map: the panel names go with the grid
     w.side_by_side()
     assert viewer.canvas.grid.enabled and not layer.name_overlay.visible
-    assert "grid panels" in w.status.text() and "|R-G|" in w.status.text()
+    assert "grid panels" in w.status.text() and "linear ×4 restored (+1)" in w.status.text()
     w.map_combo.setCurrentText("of-linear")
     assert not viewer.canvas.grid.enabled
 

@@ -36,7 +36,7 @@ def set_orientation(viewer, view: str) -> None:
     viewer.dims.order = tuple(range(lead)) + tuple(lead + a for a in ORIENTATIONS[view])
 
 
-def panel_caption(viewer, layers) -> str:
+def panel_caption(viewer, layers, source=None) -> str:
     """Which of ``layers`` is in which grid panel (row by row), for the dock; asks napari's
     own grid for the positions, so it is right whatever napari's ordering rule is.
 
@@ -49,9 +49,13 @@ def panel_caption(viewer, layers) -> str:
     for lay in layers:
         pos = tuple(grid_.position(all_layers.index(lay), all_layers))
         if pos != (-1, -1):
-            panels.setdefault(pos, []).append(lay.name)
+            name = lay.name
+            if source is not None:  # "input", and results without the input's name
+                name = "input" if lay is source else name.replace(f"{source.name} · ", "")
+            panels.setdefault(pos, []).append(name)
     return "grid panels, row by row: " + " | ".join(
-        f"{k + 1} {' + '.join(names)}" for k, (_, names) in enumerate(sorted(panels.items())))
+        f"{k + 1} {names[0]}" + (f" (+{len(names) - 1})" if len(names) > 1 else "")
+        for k, (_, names) in enumerate(sorted(panels.items())))
 
 
 class CompareWidget(DockWidget):
@@ -267,7 +271,7 @@ class CompareWidget(DockWidget):
             lay.contrast_limits = tuple(layer.contrast_limits)
         self.viewer.canvas.grid.stride = 1
         self.viewer.canvas.grid.enabled = True
-        self.panels.setText(panel_caption(self.viewer, keep))
+        self.panels.setText(panel_caption(self.viewer, keep, source=layer))
 
     def toggle_grid(self):
         g = self.viewer.canvas.grid

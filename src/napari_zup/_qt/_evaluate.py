@@ -477,7 +477,8 @@ class EvaluateWidget(DockWidget):
             lay.visible = lay in order
         self.viewer.canvas.grid.stride = 2
         self.viewer.canvas.grid.enabled = True
-        self.status.setText(panel_caption(self.viewer, order))
+        self.status.setText(panel_caption(self.viewer, order, source=self._layer)
+                            + "; (+1) = with its error map")
 
     def _finish(self):
         self.run_button.setEnabled(True)
