@@ -26,3 +26,14 @@ def viewer_with_sample(make_napari_viewer):
     data, kw, _ = anisotropic_sample()[0]
     layer = viewer.add_image(data, **kw)
     return viewer, layer
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module's tiny trainings (two cores shared with the engine)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -27,11 +27,8 @@ TINY = {
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _threads(one_torch_thread):
+    """Every test of this module on one torch thread (conftest.one_torch_thread)."""
 
 
 def _tiny_checkpoint(path, method, seed=0):

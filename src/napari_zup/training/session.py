@@ -17,6 +17,7 @@ labelled ``"better": false`` and the last message says so. The bundled files are
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 import math
 import threading
 import time
@@ -125,7 +126,7 @@ class Stack:
 
 # -- the family interface ------------------------------------------------------------------
 
-class Family:
+class Family(ABC):
     """What a family of learned models plugs into the loop (see :mod:`.interp`, :mod:`.axial`)."""
 
     kind: str = ""
@@ -133,30 +134,37 @@ class Family:
     #: options of :class:`TrainConfig` that mean something for this family
     options: frozenset = frozenset()
 
+    @abstractmethod
     def defaults(self, method: str) -> dict:  # lr, batch, crop
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def build(self, method: str, arch: dict | None):
         """``(model, arch)`` with ``arch`` completed by the defaults."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def split(self, stacks: list[Stack], cfg: "TrainConfig"):
         """``(train_stacks, val_stacks, held_out_description)``."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def sampler(self, stacks: list[Stack], cfg: "TrainConfig"):
         """An object with ``sample(batch) -> tuple of numpy arrays``."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def validation(self, stacks: list[Stack], cfg: "TrainConfig") -> list:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def predict(self, model, batch, device):
         """``(prediction, target)`` tensors (B, 1, h, w) for a sampled batch."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def loss(self, method: str, pred, target):
-        raise NotImplementedError
+        ...
 
     def preview(self, model, stack: Stack, cfg: "TrainConfig", device) -> np.ndarray | None:
         return None
