@@ -1,6 +1,7 @@
 """`--method auto` (napari_zup.selection): self-evaluation on a bounded sample of real data,
 the ranking rule (a learned method must beat the best classical/optical-flow one in PSNR and
 SSIM), skipped candidates, the budget, and `zup reconstruct --method auto` end to end."""
+import math
 import subprocess
 import sys
 import threading
@@ -46,7 +47,9 @@ class _Good(Linear):
 
 
 @pytest.fixture
-def fakes():
+def fakes(monkeypatch):
+    # the fakes need no torch: its import is not part of their predicted cost
+    monkeypatch.setattr(selection, "TORCH_IMPORT_S", 0.0)
     for cls in (_Bad, _Good):
         register(cls.info, cls)
     yield
@@ -116,6 +119,7 @@ def test_sample_is_bounded_middle_sections_and_crops(monkeypatch):
     assert c.scores["linear"].n_slices == 4 * 4                 # 4 restored per crop
     assert seen[-1][0] == seen[-1][1] == 4
     monkeypatch.setattr(selection, "BUDGET", 1e-9)               # budget binding at once
+    monkeypatch.setattr(selection, "MIN_BUDGET_S", 0.0)
     c = choose_method(a, 4, candidates=["linear"])
     assert "1 crop(s)" in c.sample and c.scores["linear"].n_slices == 4
     corners, size = selection.sample_crops(512, 512)
@@ -132,6 +136,49 @@ def test_learned_candidates_beyond_the_time_budget_are_skipped_not_chosen(aniso,
     monkeypatch.setattr(selection, "MIN_BUDGET_S", 1e9)
     c = choose_method(aniso, 4, candidates=["fake-good-learned", "nearest"])
     assert c.method == "fake-good-learned" and not c.skipped
+
+
+class _Costly(Linear):
+    """A 'learned' method whose measured sample cost is far beyond any budget; counts renders."""
+
+    info = MethodInfo("fake-costly-learned", "pair", "test: costly", needs_checkpoint=True,
+                      sample_cost=1e6)
+    renders = 0
+
+    def render(self, block, positions, *, value_range, want_flows=False):
+        type(self).renders += 1
+        return super().render(block, positions, value_range=value_range)
+
+
+def test_a_candidate_predicted_over_the_budget_is_never_started(aniso, fakes):
+    """The budget is enforced before a candidate runs (from MethodInfo.sample_cost), so the
+    choice stays within it; a larger budget lets the same candidate be scored."""
+    register(_Costly.info, _Costly)
+    try:
+        _Costly.renders = 0
+        c = choose_method(aniso, 4, candidates=["linear", "fake-costly-learned"])
+        assert _Costly.renders == 0 and list(c.scores) == ["linear"]
+        assert "would take about" in c.skipped["fake-costly-learned"]
+        assert "--auto-budget" in c.skipped["fake-costly-learned"]
+        c = choose_method(aniso, 4, candidates=["linear", "fake-costly-learned"],
+                          budget=math.inf)
+        assert _Costly.renders > 0 and set(c.scores) == {"linear", "fake-costly-learned"}
+        with pytest.raises(ValueError, match="budget"):
+            choose_method(aniso, 4, candidates=["linear"], budget=-1)
+    finally:
+        base._REGISTRY.pop(_Costly.info.name, None)
+
+
+def test_predicted_cost_scales_with_the_sample_and_adds_the_torch_import(monkeypatch):
+    import sys
+
+    a = selection.predicted_cost("film", (256, 256), 4, 1.0)
+    b = selection.predicted_cost("film", (256, 256), 8, 2.0)
+    monkeypatch.setitem(sys.modules, "torch", sys.modules.get("torch") or object())
+    warm = selection.predicted_cost("film", (256, 256), 4, 1.0)
+    assert warm == pytest.approx(base.get_info("film").sample_cost * 0.065536 * 4)
+    assert a >= warm and b == pytest.approx(2 * (2 * warm + (a - warm)))
+    assert selection.predicted_cost("linear", (256, 256), 4, 1.0) == 0.0
 
 
 def test_cancel_stops_the_choice(aniso):

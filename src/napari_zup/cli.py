@@ -261,7 +261,8 @@ def _choose_auto(args) -> str:
 
     try:
         choice = choose_method(vol.data, factor, method_params={
-            m: _method_params(m, raw) for m in names}, on_progress=on_progress)
+            m: _method_params(m, raw) for m in names}, on_progress=on_progress,
+            budget=args.auto_budget)
     except ValueError as exc:
         _fail(str(exc))
     print(choice.table)
@@ -270,6 +271,10 @@ def _choose_auto(args) -> str:
 
 
 def cmd_reconstruct(args) -> int:
+    if args.auto_budget is not None and args.method != "auto":
+        _fail("--auto-budget applies to --method auto only")
+    if args.auto_budget is not None and not args.auto_budget > 0:
+        _fail(f"--auto-budget must be a fraction > 0 (e.g. 0.2 or 1), got {args.auto_budget}")
     if args.method == "auto":  # choose by self-evaluation on a sample, then run the winner
         args.method = _choose_auto(args)
     # Everything that can be checked without reading the data is checked first.
@@ -691,6 +696,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "'auto' = self-evaluate every method on a sample of the stack (a few "
                    "crops and sections, <= ~20%% of the run's time), print the scores and "
                    "the choice, then run the winner (default of-linear)")
+    r.add_argument("--auto-budget", type=float, default=None, metavar="FRACTION",
+                   help="--method auto: most time for the choice as a fraction of the "
+                   "estimated reconstruction (default 0.2); learned candidates predicted not to "
+                   "fit are skipped, saying so. E.g. 1 to let them be scored on a short run")
     r.add_argument("--factor", "-f", default="auto", help="z upsampling factor: a number "
                    "> 1 (e.g. 4 or 2.5) or 'auto' = z step / pixel size (exact where the method "
                    "takes fractional factors, else rounded; default)")

@@ -2,13 +2,15 @@
 sample of it (docs/evaluation.md, "Self-evaluation").
 
 The sample is a run of at most :data:`MAX_SECTIONS` sections from the middle of the stack and
-one to :data:`MAX_CROPS` crops of :data:`CROP` x :data:`CROP` pixels. On the first crop the
-classical/optical-flow candidates are always scored, then the learned ones (pair interpolators
-before axial restorers) while the time spent stays within :data:`BUDGET` (20 %) of the
-costliest reconstruction estimated so far (at least :data:`MIN_BUDGET_S`); the others are
-skipped, saying so. Further crops
-are added while the time stays within 20 % of the estimated reconstruction with the method
-winning so far.
+one to :data:`MAX_CROPS` crops of :data:`CROP` x :data:`CROP` pixels. The whole choice is
+kept within ``budget`` (:data:`BUDGET`, 20 %) of the estimated reconstruction with the method
+winning so far (at least :data:`MIN_BUDGET_S`). On the first crop the classical/optical-flow
+candidates are always scored (they are the guard, and cheap); a learned candidate is scored
+only when its predicted cost fits what is left of the budget, predicted before it starts
+from its ``MethodInfo.sample_cost`` (seconds per megapixel, scaled by how fast the
+optical-flow candidates ran here) plus the torch import when torch is not loaded yet;
+otherwise it is skipped, saying so (``zup reconstruct --auto-budget`` raises the budget).
+Further crops are added while the time stays within the budget.
 
 Ranking: highest PSNR, SSIM breaking ties (PSNR within :data:`TIE_DB`). A learned method
 (one that needs a checkpoint) is chosen only when it beats the best classical/optical-flow
@@ -35,9 +37,11 @@ MAX_CROPS = 4
 MAX_SECTIONS = 9
 #: Most time the choice may take, as a fraction of the estimated reconstruction time.
 BUDGET = 0.2
-#: Learned candidates are always scored within this many seconds (small stacks, where 20 % of
-#: a reconstruction is a few seconds).
-MIN_BUDGET_S = 10.0
+#: The budget is never below this many seconds (small stacks, where 20 % of a reconstruction
+#: is less than a second).
+MIN_BUDGET_S = 2.0
+#: Seconds to import torch and load a checkpoint on 2 CPU cores (the first learned candidate).
+TORCH_IMPORT_S = 3.0
 #: PSNR differences below this (dB) are ties, broken by SSIM.
 TIE_DB = 0.1
 
@@ -161,8 +165,32 @@ def _skip_reason(name: str, factor, n_sections: int, params: dict) -> str | None
     return None
 
 
+def predicted_cost(name: str, crop_shape, n_restored: int, speed: float) -> float:
+    """Seconds that scoring ``name`` on the sample will take: its measured ``sample_cost``
+    per megapixel of restored slice times ``speed`` (this machine's slowness relative to the
+    measurement, 1 = as measured), plus the torch import if a learned method needs it first."""
+    import sys
+
+    info = get_info(name)
+    mpx = crop_shape[0] * crop_shape[1] / 1e6
+    cost = info.sample_cost * mpx * n_restored
+    if info.needs_checkpoint and "torch" not in sys.modules:
+        cost += TORCH_IMPORT_S
+    return cost * speed
+
+
+def _speed(parts: dict, crop_shape) -> float:
+    """How much slower than its ``sample_cost`` the costliest scored classical/OF candidate
+    ran here (load, CPU): scales the predictions of the others. 1 when nothing tells."""
+    mpx = crop_shape[0] * crop_shape[1] / 1e6
+    ratios = [p[0].seconds_per_slice / (get_info(m).sample_cost * mpx)
+              for m, p in parts.items() if p and get_info(m).sample_cost > 0
+              and not is_learned(m)]
+    return max(1.0, max(ratios)) if ratios else 1.0
+
+
 def choose_method(volume, factor, *, candidates=None, method_params=None, cancel=None,
-                  on_progress=None) -> Choice:
+                  on_progress=None, budget: float | None = None) -> Choice:
     """Self-evaluate ``candidates`` (default: every registered method) on a bounded sample of
     ``volume`` (z, y, x; numpy or dask) and pick one for reconstructing it at ``factor``.
 
@@ -170,9 +198,14 @@ def choose_method(volume, factor, *, candidates=None, method_params=None, cancel
     ``cancel``: a threading.Event (raises engine.ReconstructionCancelled when set).
     ``on_progress(done, total, text)`` after each candidate on each crop (``total`` is an
     upper bound: fewer crops may be scored, the last call has ``done == total``).
+    ``budget``: most time for the choice as a fraction of the estimated reconstruction
+    (default :data:`BUDGET`; ``math.inf`` scores every candidate on the first crop).
     Raises ValueError when the stack has fewer than 5 sections or no candidate can run.
     """
     t_start = time.perf_counter()
+    budget = BUDGET if budget is None else float(budget)
+    if not budget >= 0:
+        raise ValueError(f"the auto budget must be a fraction >= 0, got {budget}")
     shape = tuple(int(s) for s in np.shape(volume))
     if len(shape) != 3:
         raise ValueError(f"auto needs a 3D stack (z, y, x), got shape {shape}")
@@ -197,7 +230,7 @@ def choose_method(volume, factor, *, candidates=None, method_params=None, cancel
             runnable.append(m)
     # cheap and needed as the guard first (classical/optical flow), then learned pair
     # interpolators, then learned axial restorers (whose sample costs most)
-    runnable.sort(key=lambda m: (is_learned(m), get_info(m).kind != "pair"))
+    runnable.sort(key=lambda m: (is_learned(m), get_info(m).sample_cost))
     corners, (ch, cw) = sample_crops(h, w)
     # At F = 2 the sample restores one slice per interval; a pair method's cost is mostly per
     # interval (flows, features), so the run is estimated per interval, never above its number
@@ -220,25 +253,29 @@ def choose_method(volume, factor, *, candidates=None, method_params=None, cancel
         for y, x in corners:
             if n_crops:  # add a crop only while the budget still allows one more
                 spent = time.perf_counter() - t_start
-                if spent / n_crops * (n_crops + 1) > BUDGET * estimate:
+                if spent / n_crops * (n_crops + 1) > max(MIN_BUDGET_S, budget * estimate):
                     break
             crop = np.asarray(volume[zs, y:y + ch, x:x + cw])
             for m in list(runnable):
                 if cancel is not None and cancel.is_set():
                     raise ReconstructionCancelled("auto choice cancelled")
                 why = None
-                if not n_crops and is_learned(m) and parts_scored(parts):
-                    # a learned candidate is scored while the time spent is within the budget
-                    # of the costliest run estimated so far (else it could never pay off)
+                if not n_crops and is_learned(m):  # what makes it unfit first, then the time
+                    why = _skip_reason(m, f, n_sec, method_params.get(m) or {})
+                if not n_crops and is_learned(m) and parts_scored(parts) and not why:
+                    # predicted before it starts: a candidate that cannot fit the budget
+                    # (a share of the reconstruction with the method winning so far) is
+                    # skipped, not started
                     spent = time.perf_counter() - t_start
-                    allowed = max(MIN_BUDGET_S,
-                                  BUDGET * max(est(p[0]) for p in parts.values() if p))
-                    if spent > allowed:
-                        why = (f"over the time budget: {spent:.0f} s spent, budget {allowed:.0f} s "
-                               f"({BUDGET:.0%} of the costliest reconstruction estimated, at "
-                               f"least {MIN_BUDGET_S:.0f} s)")
+                    merged = {k: p[0] for k, p in parts.items() if p}
+                    allowed = max(MIN_BUDGET_S, budget * est(merged[rank(merged)[0]]))
+                    need = predicted_cost(m, (ch, cw), n_sec // 2, _speed(parts, (ch, cw)))
+                    if spent + need > allowed:
+                        why = (f"over the time budget: scoring it would take about {need:.0f} s, "
+                               f"{spent:.1f} s of {allowed:.1f} s already spent (budget "
+                               f"{budget:.0%} of the estimated reconstruction with "
+                               f"{rank(merged)[0]}; --auto-budget to raise it)")
                 if not n_crops and is_learned(m):
-                    why = why or _skip_reason(m, f, n_sec, method_params.get(m) or {})
                     if why:
                         skipped[m] = why
                         runnable.remove(m)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._axial_common import AxialMethod, query_grid
-from .base import MethodInfo
+from .learned_registry import LEARNED_INFOS
 
 DEFAULT_ARCH = {"channels": 12, "depths": [1, 1, 1], "heads": [1, 2, 3], "window": 8,
                 "ffn_ratio": 2.0}
@@ -160,12 +160,7 @@ class A2INet(nn.Module):
 
 
 class A2I(AxialMethod):
-    info = MethodInfo(
-        name="a2i", kind="axial", fractional=True, min_slices=3, needs_checkpoint=True,
-        devices=("cpu", "cuda", "mps"),
-        description=("Axial-to-isotropic U-shaped window-attention transformer (a2i): "
-                     "restores cubic-interpolated xz/yz planes; self-supervised (zup train a2i)."),
-    )
+    info = LEARNED_INFOS["a2i"]  # one copy, torch-free: methods/learned_registry.py
     batch_planes = 16
 
     @classmethod

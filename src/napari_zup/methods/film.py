@@ -28,7 +28,7 @@ from torch import nn
 
 from ._torch_common import (LearnedPairMethod, backward_warp, bound_to_local_range,
                             upsample_flow)
-from .base import MethodInfo
+from .learned_registry import LEARNED_INFOS
 
 DEFAULT_ARCH = {
     "levels": 4,          # full, 1/2, 1/4, 1/8
@@ -158,12 +158,7 @@ def build_film(arch: dict) -> FilmNet:
 class Film(LearnedPairMethod):
     """FILM-style pyramid-flow interpolator; ``checkpoint=None`` uses the bundled weights."""
 
-    info = MethodInfo(
-        name="film", kind="pair", fractional=True, min_slices=2, needs_checkpoint=True,
-        devices=("cpu", "cuda", "mps"),
-        description="Learned FILM-style interpolation: shared feature pyramid, bidirectional "
-                    "coarse-to-fine flow to both knots, U-Net fusion; any factor (t-conditioned).",
-    )
+    info = LEARNED_INFOS["film"]  # one copy, torch-free: methods/learned_registry.py
     method_name = "film"
     pad_multiple = 8
     receptive_halo = 64

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from ._axial_common import AxialMethod
-from .base import MethodInfo
+from .learned_registry import LEARNED_INFOS
 
 # New trainings use "bilinear": as good as "ensemble" at equal training time and ~1.4x faster
 # to decode (docs/axial-sr.md); the shipped checkpoint records its own ("ensemble").
@@ -118,12 +118,7 @@ class NiivNet(nn.Module):
 
 
 class Niiv(AxialMethod):
-    info = MethodInfo(
-        name="niiv", kind="axial", fractional=True, min_slices=3, needs_checkpoint=True,
-        devices=("cpu", "cuda", "mps"),
-        description=("Neural field (niiv): restores xz/yz planes at any continuous z-scale; "
-                     "self-supervised on lateral patches (zup train niiv)."),
-    )
+    info = LEARNED_INFOS["niiv"]  # one copy, torch-free: methods/learned_registry.py
 
     @classmethod
     def build_model(cls, arch: dict):

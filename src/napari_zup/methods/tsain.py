@@ -32,7 +32,7 @@ from torch import nn
 
 from ._torch_common import (LearnedPairMethod, ModulatedDeformConv, backward_warp,
                             bound_to_local_range, upsample_flow)
-from .base import MethodInfo
+from .learned_registry import LEARNED_INFOS
 
 DEFAULT_ARCH = {
     "c": 16,            # working channels (1/2 resolution and coarser)
@@ -210,13 +210,7 @@ def build_tsain(arch: dict) -> TsainNet:
 class Tsain(LearnedPairMethod):
     """TSAIN-style deformable interpolator; ``checkpoint=None`` uses the bundled weights."""
 
-    info = MethodInfo(
-        name="tsain", kind="pair", fractional=True, min_slices=2, needs_checkpoint=True,
-        devices=("cpu", "cuda", "mps"),
-        description="Learned TSAIN-style interpolation: deformable (PCD) alignment, residual "
-                    "spatial-adaptive blocks, deformable refinement with feedback; any factor "
-                    "(t-conditioned).",
-    )
+    info = LEARNED_INFOS["tsain"]  # one copy, torch-free: methods/learned_registry.py
     method_name = "tsain"
     pad_multiple = 8
     receptive_halo = 64

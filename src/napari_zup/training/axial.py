@@ -99,6 +99,7 @@ class AxialFamily(Family):
         return [int(f) for f in fs]
 
     def split(self, stacks, cfg):
+        """The last 15 % of the first stack's sections are held out; further stacks train."""
         s0 = stacks[0]
         n = len(s0.data)
         if n < 2:
@@ -106,35 +107,39 @@ class AxialFamily(Family):
                                 "held out for validation)")
         k = max(1, round(0.15 * n))
         self._factors(cfg, s0)  # refused before anything is sampled
-        train = [Stack(s0.data[:n - k], s0.name, s0.voxel_size)]
+        train = [Stack(s0.data[:n - k], s0.name, s0.voxel_size)] + list(stacks[1:])
         val = [Stack(s0.data[n - k:], s0.name, s0.voxel_size)]
         return train, val, f"sections {n - k}-{n - 1} of {s0.name}"
 
     def _sampler(self, stacks, cfg, seed, degrade):
-        if len(stacks) > 1:
-            raise TrainingError(f"{cfg.method} trains on one stack (its own xy slices); give one "
-                                "--data")
         d = self.defaults(cfg.method)
         fs = self._factors(cfg, stacks[0])
         if cfg.degradation not in DEGRADATIONS:
             raise TrainingError(f"--degradation must be one of {', '.join(DEGRADATIONS)}, got "
                                 f"{cfg.degradation!r}")
         try:
-            s = PairSampler(stacks[0].data, fs, cfg.rows or d["rows"], cfg.crop or d["crop"],
-                            cfg.degradation, seed=seed)
+            ss = [PairSampler(s.data, fs, cfg.rows or d["rows"], cfg.crop or d["crop"],
+                              cfg.degradation, seed=seed + i) for i, s in enumerate(stacks)]
         except ValueError as exc:
             raise TrainingError(str(exc)) from None
-        if degrade:
-            s.degrade = degrade_tuple
-        return s
+        for s in ss:
+            if degrade:
+                s.degrade = degrade_tuple
+        return ss[0] if len(ss) == 1 else MultiSampler(ss, seed)
 
     def sampler(self, stacks, cfg):
         return self._sampler(stacks, cfg, cfg.seed, cfg.augment)
 
     def validation(self, stacks, cfg):
-        vs = self._sampler(stacks, cfg, cfg.seed + 12345, False)
+        """Fixed patches of the held-out sections; with ``--augment`` the same number again
+        with the degradations (fixed seed), so that keep-best judges what was trained for."""
         b = cfg.batch or self.defaults(cfg.method)["batch"]
-        return [vs.sample(b, f) for f in vs.factors for _ in range(max(1, 4 // len(vs.factors)))]
+        out = []
+        for degrade in ((False, True) if cfg.augment else (False,)):
+            vs = self._sampler(stacks, cfg, cfg.seed + 12345, degrade)
+            out += [vs.sample(b, f) for f in vs.factors
+                    for _ in range(max(1, 4 // len(vs.factors)))]
+        return out
 
     def predict(self, model, batch, device):
         import torch
@@ -160,6 +165,24 @@ class AxialFamily(Family):
                 "training": {"factors": fs, "degradation": cfg.degradation,
                              "patch": [sampler.hr_rows(max(fs)), sampler.width],
                              "loss": "L1 + 0.01 PDL" if cfg.method == "a2i" else "L1"}}
+
+
+class MultiSampler:
+    """Several stacks (e.g. cubes of different lateral size): each batch from one of them,
+    drawn in proportion to its number of voxels."""
+
+    def __init__(self, samplers, seed=0):
+        self.samplers = samplers
+        self.factors = samplers[0].factors
+        self.width = samplers[0].width
+        self.hr_rows = samplers[0].hr_rows
+        w = np.array([s.volume.size for s in samplers], float)
+        self.p = w / w.sum()
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, batch, factor=None):
+        s = self.samplers[int(self.rng.choice(len(self.samplers), p=self.p))]
+        return s.sample(batch, factor)
 
 
 AXIAL = AxialFamily()

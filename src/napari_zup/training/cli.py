@@ -75,8 +75,6 @@ def config_from_args(method: str, argv: list[str]) -> TrainConfig:
         if getattr(args, name) is not None and fam.kind != kind:
             p.error(f"{flag} does not apply to {method} (a {fam.kind} method); it is for the "
                     f"{kind} methods ({'film, tsain' if kind == 'pair' else 'niiv, a2i'})")
-    if fam.kind == "axial" and len(args.data) > 1:
-        p.error(f"{method} learns from one stack's own xy slices: give one --data")
     factors = None
     if args.factor is not None:
         try:

@@ -236,8 +236,17 @@ class PairFamily(Family):
         if min(v.shape[1:]) < 16:
             raise TrainingError(f"validation sections of {v.shape[1]}x{v.shape[2]} pixels are "
                                 "too small (need 16x16 or more)")
-        return validation_set(v, self._factors(cfg), 8, min(128, *v.shape[1:]),
+        vset = validation_set(v, self._factors(cfg), 8, min(128, *v.shape[1:]),
                               self_supervised=cfg.self_supervised, scaled=True)
+        if cfg.augment:  # the same tuples degraded too: keep-best judges what was trained for
+            rng = np.random.default_rng(4321)
+            deg = []
+            for a, b, t, y in vset:
+                trip = np.stack([a[:, 0], b[:, 0], y[:, 0]], 1)  # (B, 3, c, c)
+                trip = np.stack([degrade_tuple(x, rng) for x in trip])
+                deg.append((trip[:, :1], trip[:, 1:2], t, trip[:, 2:3]))
+            vset = vset + deg
+        return vset
 
     def predict(self, model, batch, device):
         import torch
