@@ -319,6 +319,51 @@ def test_augment_reaches_the_samplers():
     np.testing.assert_array_equal(l1, h1[:, :, ::4])  # rows degraded after the augmentation
 
 
+def test_axial_training_on_several_stacks_of_different_sizes():
+    """niiv/a2i train on several cubes (e.g. sample1 and the extra blocks): batches come from
+    every stack, the first stack's last sections are held out, the others all train."""
+    from napari_zup.training.axial import AXIAL, MultiSampler
+    from napari_zup.training.session import Stack, TrainConfig
+
+    rng = np.random.default_rng(0)
+    small = rng.random((20, 64, 64), dtype=np.float32)
+    big = 0.5 + 0 * rng.random((10, 96, 128), dtype=np.float32)   # flat: recognisable
+    cfg = TrainConfig("niiv", data=None, factors=[2, 4])
+    train, val, held = AXIAL.split([Stack(small, "a", None), Stack(big, "b", None)], cfg)
+    assert [len(s.data) for s in train] == [17, 10] and len(val[0].data) == 3
+    assert "sections 17-19 of a" in held
+    s = AXIAL.sampler(train, cfg)
+    assert isinstance(s, MultiSampler)
+    flat = [np.ptp(s.sample(4)[1]) == 0 for _ in range(60)]
+    assert any(flat) and not all(flat)     # both stacks are drawn
+    assert sum(flat) > 20                  # the bigger stack more often (by voxels)
+
+
+@pytest.mark.parametrize("method", ["film", "niiv"])
+def test_augmented_training_is_validated_on_degraded_copies_too(method):
+    """With --augment the held-out set holds the clean tuples and degraded copies of them,
+    so keep-best judges what was trained for; without it, only the clean ones."""
+    from napari_zup.training.session import Stack, TrainConfig, family_of
+
+    from ._data import SAMPLE2, need
+    import tifffile
+
+    v = tifffile.imread(need(SAMPLE2))[:40, :128, :128].astype(np.float32) / 255
+    fam = family_of(method)
+    st = [Stack(v, "s2", None)]
+    kw = dict(factors=[2], self_supervised=method == "film")
+    clean = fam.validation(st, TrainConfig(method, data=None, **kw))
+    both = fam.validation(st, TrainConfig(method, data=None, augment=True, **kw))
+    assert len(both) == 2 * len(clean)
+    for c, b in zip(clean, both[:len(clean)]):           # the clean half is unchanged
+        for x, y in zip(c, b):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    tgt = -1 if method == "film" else 1                  # target: film (a,b,t,y), axial (lr,hr,..)
+    diffs = [np.abs(np.asarray(d[tgt]) - np.asarray(c[tgt])).mean()
+             for c, d in zip(clean, both[len(clean):])]
+    assert max(diffs) > 0.005
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 def test_training_on_cuda_mixed_precision(tmp_path):
     from napari_zup.training.session import train
