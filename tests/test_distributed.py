@@ -18,6 +18,8 @@ import zarr
 
 from napari_zup import distributed as zd
 from napari_zup import engine, io
+from napari_zup.distributed import client as zd_client
+from napari_zup.distributed import worker as zd_worker
 from napari_zup.pyramid import downsample_yx
 
 from ._data import SAMPLE1, need
@@ -68,8 +70,8 @@ def _close_to(a, b):
 def test_linear_equals_engine_with_pyramid_and_scale(client, crop, in_zarr, tmp_path,
                                                      monkeypatch):
     # A tiny submission window: pyramid tasks must find their dependencies all the same.
-    monkeypatch.setattr(zd, "MIN_IN_FLIGHT", 3)
-    monkeypatch.setattr(zd, "IN_FLIGHT_PER_THREAD", 1)
+    monkeypatch.setattr(zd_client, "MIN_IN_FLIGHT", 3)
+    monkeypatch.setattr(zd_client, "IN_FLIGHT_PER_THREAD", 1)
     out = tmp_path / "lin.zarr"
     done = []
     p = zd.reconstruct_to_zarr(in_zarr, out, "linear", 4, client=client, chunks=(8, 64, 64),
@@ -193,7 +195,7 @@ def test_disk_full_keeps_finished_chunks_and_resumes(crop, in_zarr, tmp_path, mo
     Threads in this process (processes=False) so that the failing write can be patched in."""
     kw = dict(chunks=(8, 64, 64), levels=2, workers=1, processes=False, retries=1)
     ref = zd.reconstruct_to_zarr(in_zarr, tmp_path / "ref.zarr", "linear", 4, **kw)
-    real_write, calls = zd._write_chunk, []
+    real_write, calls = zd_worker._write_chunk, []
 
     def full_disk_after_6(arr, sel, block):
         calls.append(1)
@@ -201,13 +203,13 @@ def test_disk_full_keeps_finished_chunks_and_resumes(crop, in_zarr, tmp_path, mo
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(arr, sel, block)
 
-    monkeypatch.setattr(zd, "_write_chunk", full_disk_after_6)
+    monkeypatch.setattr(zd_worker, "_write_chunk", full_disk_after_6)
     out = tmp_path / "full.zarr"
     with pytest.raises(zd.ReconstructionFailed, match="No space left.*resume"):
         zd.reconstruct_to_zarr(in_zarr, out, "linear", 4, **kw)
     assert dict(zarr.open_group(str(out), mode="r").attrs)["zup"]["status"] == "incomplete"
     assert sum(len(os.listdir(out / zd.DONE_GROUP / lv)) for lv in ("0", "1")) == 6
-    monkeypatch.setattr(zd, "_write_chunk", real_write)
+    monkeypatch.setattr(zd_worker, "_write_chunk", real_write)
     zd.reconstruct_to_zarr(in_zarr, out, "linear", 4, **kw)
     a, b = _chunk_bytes(ref), _chunk_bytes(out)
     assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)

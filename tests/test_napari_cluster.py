@@ -32,8 +32,8 @@ def hold_chunks(monkeypatch):
     """``gate = hold_chunks(n)``: the cluster run's client stops submitting after ``n``
     finished chunks until ``gate.set()``, so the half-written state is checked without racing
     the workers."""
-    from napari_zup import distributed
     from napari_zup._qt._cluster_run import ClusterRun
+    from napari_zup.distributed import client as distributed
 
     # at most 4 x threads chunks in flight (not 64): a held run stops with chunks to spare
     monkeypatch.setattr(distributed, "MIN_IN_FLIGHT", 1)

@@ -28,7 +28,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from . import grid
-from .methods.base import Method, create_method, dtype_value_range, get_info
+from .methods.base import Method, MethodInfo, create_method, dtype_value_range, get_info
 
 #: Default y/x tile edge when the input is a numpy array (dask arrays use their own chunks).
 DEFAULT_TILE = 2048
@@ -114,14 +114,22 @@ def volume_value_range(volume) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def make_plan(volume, method: str, factor, tile_size=None, method_obj: Method | None = None,
-              value_range=None) -> Plan:
+def parse_method_factor(method: str, factor) -> tuple[MethodInfo, Fraction]:
+    """``method``'s info and ``factor`` as an exact Fraction; ValueError for an unknown method
+    or a fractional factor that the method does not support (the one check every driver,
+    the cluster runner included, makes)."""
     info = get_info(method)
     f = grid.parse_factor(factor)
     if f.denominator != 1 and not info.fractional:
         raise ValueError(
             f"method {method!r} supports only integer factors, got {float(f):g}"
         )
+    return info, f
+
+
+def make_plan(volume, method: str, factor, tile_size=None, method_obj: Method | None = None,
+              value_range=None) -> Plan:
+    info, f = parse_method_factor(method, factor)
     validate_volume(volume, info.min_slices, method)
     z, h, w = (int(s) for s in volume.shape)
     tile = _tile_shape(volume, tile_size)
@@ -151,12 +159,14 @@ def _tiles(shape_yx, tile) -> list[tuple[slice, slice]]:
             for y in range(0, h, ty) for x in range(0, w, tx)]
 
 
-def plan_slabs(n_slices: int, factor, method: Method) -> list[list[int]]:
+def plan_slabs(n_slices: int, factor, method: Method | int) -> list[list[int]]:
     """Output indices grouped into the z-slabs the engine renders in one call each:
-    ``method.slab_intervals`` knot intervals per slab (the streaming engine's unit of work and
-    the lazy array's z-chunks, so that both compute exactly the same blocks)."""
+    ``method.slab_intervals`` knot intervals per slab (the streaming engine's unit of work,
+    the lazy array's z-chunks and the cluster runner's render calls, so that all three
+    compute exactly the same blocks). ``method``: a Method, or its ``slab_intervals`` (the
+    cluster client plans for a method that exists only on its workers)."""
     groups = grid.intervals(n_slices, factor)
-    step = max(1, method.slab_intervals)
+    step = max(1, method if isinstance(method, int) else method.slab_intervals)
     return [[i for _, items in groups[s:s + step] for i, _ in items]
             for s in range(0, len(groups), step)]
 
@@ -184,15 +194,12 @@ def render_output_block(
     f = grid.parse_factor(factor)
     n_z, h, w = (int(s) for s in volume.shape)
     positions = [Fraction(i) / f for i in out_indices]
-    k_lo = min(math.floor(positions[0]), n_z - 2)
-    k_hi = max(math.ceil(positions[-1]), k_lo + 1)
-    z0 = max(k_lo - method.z_context, 0)
-    z1 = min(k_hi + method.z_context, n_z - 1)
+    z0, z1 = knot_window(out_indices[0], out_indices[-1] + 1, f, n_z, method.z_context)
     halo = method.halo()
     min_extent = method.min_tile()
     y0, y1 = read_window(ys, halo, min_extent, h)
     x0, x1 = read_window(xs, halo, min_extent, w)
-    block = np.asarray(volume[z0:z1 + 1, y0:y1, x0:x1])
+    block = np.asarray(volume[z0:z1, y0:y1, x0:x1])
     crop = (slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0))
 
     if out is None:
@@ -212,6 +219,16 @@ def render_output_block(
             if want_flows and res.flows is not None:
                 flows[j] = res.flows[n][crop]
     return out, flows
+
+
+def knot_window(i0: int, i1: int, factor, n_slices: int, z_context: int = 0) -> tuple[int, int]:
+    """Input slices ``z0:z1`` (end-exclusive) that output slices ``i0 .. i1 - 1`` are rendered
+    from: the knots either side of them plus ``z_context`` knots each side, clipped to the
+    volume (a single knot at the end still gets the interval before it)."""
+    f = grid.parse_factor(factor)
+    k_lo = min(math.floor(Fraction(i0) / f), n_slices - 2)
+    k_hi = max(math.ceil(Fraction(i1 - 1) / f), k_lo + 1)
+    return max(k_lo - z_context, 0), min(k_hi + z_context, n_slices - 1) + 1
 
 
 def read_window(sl: slice, halo: int, min_extent: int, size: int) -> tuple[int, int]:

@@ -46,8 +46,8 @@ def cluster_source(layer):
     path = (meta.get("zup") or {}).get("source")
     if path and not isinstance(data, np.ndarray) and Path(path).exists():
         level = int((meta.get("file") or {}).get("level", 0) or 0)
-        # distributed._resolve_source checks that the file's level has the layer's shape and
-        # falls back to the array when it does not.
+        # distributed.client._resolve_source checks that the file's level has the layer's
+        # shape and falls back to the array when it does not.
         return io.Volume(data, None, "nm", {"level": level}, str(path))
     return data
 
