@@ -10,203 +10,30 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import os
 import sys
 import threading
-import time
 from pathlib import Path
 
-import numpy as np
-
-from . import __version__, grid
+from . import __version__
+from ._cli.common import (CLIError, _check_method, _fail, _method_params, _read,
+                          _refuse_unused, _StderrProgress, parse_params, resolve_factor)
+from ._cli.common import (FARNEBACK_KEYS, _add_farneback, _add_voxel_size,  # noqa: F401
+                          _given_voxel_size)  # (re-exported: the names as they were)
+from ._cli.evaluate import DEFAULT_EVAL_METHODS, _eval_methods, cmd_evaluate  # noqa: F401
+from ._cli.evaluate import add_evaluate_parser
+from ._cli.flow import add_flow_parser, cmd_flow
 from .checkpoints import factor_warning
-from .engine import Progress, iter_reconstruct, make_plan, validate_volume
-from .io import (UNKNOWN_UNIT, Volume, VolumeReadError, check_not_input, check_output_path,
-                 is_pixel_unit, output_dtype, output_voxel_size, read_volume, unit_factor,
-                 write_volume)
+from .engine import iter_reconstruct, make_plan, validate_volume
+from .io import (VolumeReadError, check_not_input, check_output_path, output_dtype,
+                 output_voxel_size, read_volume, write_volume)
 from .methods.base import create_method, get_info, method_infos
+
 
 #: `zup train METHOD ...` is handed to "module:function"(method, argv) of the learned methods.
 TRAINERS = {m: "napari_zup.training.cli:main" for m in ("film", "tsain", "niiv", "a2i")}
 
 
-class CLIError(Exception):
-    """A user error: printed as one line, exit status 2."""
-
-
-def _fail(msg: str) -> None:
-    raise CLIError(msg)
-
-
-# -- helpers ----------------------------------------------------------------------------------
-
-def resolve_factor(text: str, volume: Volume, method: str | None = None) -> grid.Fraction:
-    """``--factor``: a number, or ``auto`` = z step / xy pixel size from the voxel size
-    (:func:`napari_zup.grid.auto_factor`: exact for methods with fractional factors, rounded
-    for the others); ``auto`` prints what it chose and the resulting voxel size."""
-    if str(text).strip().lower() == "auto":
-        fractional = get_info(method).fractional if method else True
-        try:
-            f = grid.auto_factor(volume.voxel_size, fractional)
-        except ValueError as exc:
-            name = Path(volume.path).name if volume.path else "the input"
-            _fail(f"--factor auto: {name!r}: {exc}" + (
-                " (or give --voxel-size Z Y X)" if not volume.voxel_size else ""))
-        z, y, x = volume.voxel_size
-        ratio = z / x
-        how = "" if float(f) == ratio else (f" (z/xy = {ratio:.4g}, rounded: {method} takes "
-                                            "integer factors only)")
-        print(f"zup: --factor auto: {float(f):g}{how}; voxel size {z:g} x {y:g} x {x:g} -> "
-              f"{z / float(f):.4g} x {y:g} x {x:g} {volume.unit} (z, y, x)", file=sys.stderr)
-        return f
-    try:
-        return grid.parse_factor(text)
-    except ValueError as exc:
-        _fail(f"--factor: {exc}")
-
-
-def parse_params(args) -> dict:
-    params: dict = {}
-    for item in args.param or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            _fail(f"--param expects key=value, got {item!r}")
-        try:
-            params[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key.strip()] = value
-    for name in ("winsize", "levels", "iterations", "poly_n", "poly_sigma", "pyr_scale"):
-        value = getattr(args, name, None)
-        if value is not None:
-            params[name] = value
-    if getattr(args, "checkpoint", None):
-        params["checkpoint"] = args.checkpoint
-    if getattr(args, "device", None) and args.device != "auto":
-        params["device"] = args.device
-    return params
-
-
-FARNEBACK_KEYS = ("winsize", "levels", "iterations", "poly_n", "poly_sigma", "pyr_scale",
-                  "flags")
-
-
-def _method_params(method: str, params: dict) -> dict:
-    """Keep only the parameters that apply to ``method`` (Farnebäck ones go to of-*)."""
-    info = get_info(method)
-    out = {}
-    for k, v in params.items():
-        if k in FARNEBACK_KEYS and not info.name.startswith("of-"):
-            continue
-        if k in ("checkpoint", "device") and not info.needs_checkpoint:
-            continue
-        out[k] = v
-    return out
-
-
-def _refuse_unused(methods: list[str], params: dict) -> None:
-    """Options that none of ``methods`` takes are refused, not silently dropped."""
-    infos = [get_info(m) for m in methods]
-    names = ", ".join(methods)
-    if params.get("checkpoint") and not any(i.needs_checkpoint for i in infos):
-        _fail(f"--checkpoint: {names} {'takes' if len(infos) == 1 else 'take'} no checkpoint "
-              f"(learned methods do: "
-              f"{', '.join(i.name for i in method_infos() if i.needs_checkpoint)})")
-    if params.get("device") and not any(i.needs_checkpoint for i in infos):
-        _fail(f"--device: {names} {'runs' if len(infos) == 1 else 'run'} on the CPU only; "
-              "--device applies to learned methods")
-    used = [k for k in params if k in FARNEBACK_KEYS]
-    if used and not any(i.name.startswith("of-") for i in infos):
-        _fail(f"Farnebäck parameter {used[0]!r} applies to of-linear and of-cubic, not "
-              f"{names}")
-
-
-def _check_method(method: str, params: dict) -> None:
-    """Validate ``params`` against the method's own declaration by building it (before any
-    work: a bad value fails here, not after the input was read and the run planned)."""
-    try:
-        create_method(method, **params).close()
-    except (ValueError, TypeError) as exc:
-        _fail(f"method {method!r}: {exc}")
-
-
-def _given_voxel_size(args):
-    """``--voxel-size Z Y X`` and ``--unit`` -> (voxel in nm (or pixels), unit), or None."""
-    import math
-
-    given = getattr(args, "voxel_size", None)
-    unit = getattr(args, "unit", None)
-    if not given:
-        if unit:
-            _fail("--unit goes with --voxel-size Z Y X")
-        return None
-    if len(given) != 3 or not all(math.isfinite(v) and v > 0 for v in given):
-        _fail(f"--voxel-size: three positive numbers Z Y X, got {' '.join(map(str, given))}")
-    try:
-        to_nm = unit_factor(unit or "nm")
-    except VolumeReadError:
-        _fail(f"--unit {unit!r}: not a length unit; use nm, um, mm, angstrom (or pixel)")
-    if is_pixel_unit(unit):
-        return tuple(float(v) for v in given), UNKNOWN_UNIT
-    return tuple(float(v) * to_nm for v in given), "nm"
-
-
-def _read(path: str, level: int = 0, args=None) -> Volume:
-    """Read the input; ``--voxel-size Z Y X`` / ``--unit`` in ``args`` replace what the file
-    records (or supply what it does not)."""
-    given = _given_voxel_size(args)
-    if level and not (Path(path).is_dir() or Path(path).suffix.lower() == ".zarr"):
-        _fail(f"--input-level {level}: {Path(path).name!r} is not an OME-Zarr store with "
-              "levels; leave it out")
-    try:
-        vol = read_volume(path, level=level)
-    except VolumeReadError as exc:
-        _fail(str(exc))
-    if given:
-        voxel, unit = given
-        if vol.voxel_size and not np.allclose(vol.voxel_size, voxel):
-            print(f"zup: note: --voxel-size {' x '.join(f'{v:g}' for v in voxel)} {unit} "
-                  f"replaces the file's {' x '.join(f'{v:g}' for v in vol.voxel_size)} "
-                  f"{vol.unit}", file=sys.stderr)
-        vol = Volume(vol.data, voxel, unit, vol.metadata, vol.path)
-    return vol
-
-
-def _add_voxel_size(p) -> None:
-    p.add_argument("--voxel-size", dest="voxel_size", type=float, nargs=3,
-                   metavar=("Z", "Y", "X"), help="input voxel size, for files that record none "
-                   "(replaces the file's own when given)")
-    p.add_argument("--unit", default=None, help="unit of --voxel-size (default nm)")
-
-
-class _StderrProgress:
-    def __init__(self, total: int, label: str, every: float = 2.0, unit: str = "slices",
-                 done: int = 0):
-        self.progress = Progress(total, unit, done)
-        self.label = label
-        self.every = every
-        self.last = 0.0
-
-    def update(self, n: int = 1) -> None:
-        self.progress.update(n)
-        now = time.perf_counter()
-        if now - self.last >= self.every or self.progress.done == self.progress.total:
-            self.last = now
-            print(f"{self.label}: {self.progress}", file=sys.stderr, flush=True)
-
-
-def _add_farneback(p):
-    g = p.add_argument_group("Farnebäck flow (of-linear, of-cubic, flow)")
-    g.add_argument("--winsize", type=int, help="averaging window (default 129)")
-    g.add_argument("--levels", type=int, help="pyramid levels (default 3)")
-    g.add_argument("--iterations", type=int, help="iterations per level (default 3)")
-    g.add_argument("--poly-n", dest="poly_n", type=int, help="polynomial neighbourhood 5 or 7 "
-                   "(default 7)")
-    g.add_argument("--poly-sigma", dest="poly_sigma", type=float, help="default 1.5")
-    g.add_argument("--pyr-scale", dest="pyr_scale", type=float, help="default 0.5")
-
-
-# -- commands ---------------------------------------------------------------------------------
+# -- commands (evaluate and flow: napari_zup._cli) ---------------------------------------------
 
 def cmd_methods(args) -> int:
     from .devices import available_devices, likely_devices
@@ -332,6 +159,12 @@ def cmd_reconstruct(args) -> int:
         print(f"zup: warning: {note}", file=sys.stderr)
     if distributed:
         return _reconstruct_distributed(args, vol, factor, params, voxel, meta)
+    return _reconstruct_local(args, vol, factor, params, voxel, unit, meta, dtype)
+
+
+def _reconstruct_local(args, vol, factor, params, voxel, unit, meta, dtype) -> int:
+    """Stream the reconstruction on this machine into a TIFF or Zarr file."""
+    out = Path(args.output)
     try:
         method = create_method(args.method, **params)
     except ValueError as exc:
@@ -410,241 +243,6 @@ def _reconstruct_distributed(args, vol, factor, params, voxel, meta) -> int:
     return 0
 
 
-#: ``zup evaluate``'s default methods: the classical and optical-flow ones (seconds on any
-#: stack); ``--methods all`` adds the learned ones with their bundled checkpoints.
-DEFAULT_EVAL_METHODS = "linear,cubic,of-linear,of-cubic"
-
-
-def _eval_methods(text: str) -> list[str]:
-    """``--methods``: comma-separated names, or ``all`` = every registered method."""
-    if text.strip().lower() == "all":
-        return [info.name for info in method_infos()]
-    methods = [m.strip() for m in text.split(",") if m.strip()]
-    for m in methods:
-        try:
-            get_info(m)
-        except ValueError as exc:
-            _fail(str(exc))
-    if not methods:
-        _fail("--methods: give at least one method (or 'all')")
-    return methods
-
-
-def cmd_evaluate(args) -> int:
-    from .devices import select_device
-    from .evaluation import (SELF_EVAL_LABEL, degrade, evaluate_method, format_table,
-                             parse_degradation, self_evaluate)
-
-    vol = _read(args.input, args=args)
-    if args.self_eval:
-        if args.factor is not None and str(args.factor).strip() != "2":
-            _fail("--self always evaluates at factor 2 (it keeps every second section); "
-                  "drop --factor")
-        factor = 2
-    else:
-        if args.factor is None:
-            _fail("evaluate needs --factor F on an isotropic stack (every F-th slice is kept), "
-                  "or --self on an anisotropic one")
-        f = resolve_factor(args.factor, vol)
-        if f.denominator != 1:
-            _fail("evaluate needs an integer factor (it keeps every F-th slice)")
-        factor = int(f)
-    methods = _eval_methods(args.methods)
-    params = parse_params(args)
-    _refuse_unused(methods, params)
-    for m in methods:
-        if not get_info(m).needs_checkpoint:
-            _check_method(m, _method_params(m, params))
-    learned = [m for m in methods if get_info(m).needs_checkpoint]
-    if params.get("checkpoint") and len(learned) > 1:
-        _fail(f"--checkpoint applies to one learned method, but {', '.join(learned)} are "
-              "selected; evaluate them one at a time with --checkpoint")
-    try:
-        steps = parse_degradation(args.degrade)
-        device = select_device(params.get("device", "auto")) if learned else "cpu"
-        if args.self_eval:
-            validate_volume(vol.data)
-    except ValueError as exc:
-        _fail(str(exc))
-    if args.maps:
-        maps_dir = _maps_dir(args, [f"error_{m}_x{factor}.tif" for m in methods])
-    if args.json:
-        check_output_path_json(Path(args.json), args.overwrite, args.input)
-    g = np.asarray(vol.data)
-    degradation = ",".join(f"{k}={v:g}" for k, v in steps) or None
-    if degradation:
-        g = degrade(g, degradation, args.seed)
-    what = SELF_EVAL_LABEL if args.self_eval else f"factor {factor}"
-    title = f"{what}: mean over restored slices" + (
-        f"; degraded copy: {degradation} (seed {args.seed})" if degradation else "")
-    scores = {}
-    for m in methods:
-        note = factor_warning(m, factor, params.get("checkpoint"))
-        if note:
-            print(f"zup: warning: {note}", file=sys.stderr)
-        print(f"zup: evaluating {m} ({what})", file=sys.stderr)
-        try:
-            if args.self_eval:
-                score, _, maps = self_evaluate(g, m, method_params=_method_params(m, params),
-                                               error_maps=bool(args.maps))
-            else:
-                score, _, maps = evaluate_method(g, factor, m,
-                                                 method_params=_method_params(m, params),
-                                                 error_maps=bool(args.maps))
-        except (ValueError, MemoryError) as exc:
-            _fail(str(exc))
-        scores[m] = score
-        if args.maps:
-            write_volume(maps_dir / f"error_{m}_x{factor}.tif", maps,
-                         vol.voxel_size, vol.unit, overwrite=True,
-                         metadata={"what": "|R - G| in [0, 1] units, 0 on knots"})
-    print(format_table(scores, factor, title))
-    if args.json:
-        payload = {m: s.summary() for m, s in scores.items()}
-        payload["_protocol"] = {
-            "protocol": "self-evaluation" if args.self_eval else "drop-and-restore",
-            "label": SELF_EVAL_LABEL if args.self_eval else f"factor {factor}",
-            "factor": factor, "degradation": degradation,
-            "seed": args.seed if degradation else None, "input": str(args.input),
-            "device": device, "napari_zup": __version__}
-        _write_text(Path(args.json), json.dumps(payload, indent=2))
-        print(f"zup: wrote {args.json}", file=sys.stderr)
-    return 0
-
-
-def check_output_path_json(p: Path, overwrite: bool, source=None) -> None:
-    try:
-        check_not_input(p, source)
-    except ValueError as exc:
-        _fail(str(exc))
-    if p.is_dir():
-        _fail(f"{str(p)!r} is a folder; give a file name for the JSON scores")
-    if p.exists() and not overwrite:
-        _fail(f"{str(p)!r} already exists; use --overwrite to replace it")
-    if not p.parent.exists():
-        _fail(f"folder {str(p.parent)!r} does not exist; create it first")
-
-
-def _maps_dir(args, names: list[str]) -> Path:
-    """``--maps DIR``: checked (not a file, not the input, no map replaced without
-    --overwrite) before any work, then created."""
-    d = Path(args.maps)
-    if d.exists() and not d.is_dir():
-        _fail(f"--maps {str(d)!r} is an existing file; --maps takes a folder (it is created "
-              "when missing)")
-    try:
-        check_not_input(d, args.input)
-        for name in names:
-            check_output_path(d / name, args.overwrite, inputs=(args.input,)) \
-                if d.is_dir() else None
-    except (ValueError, OSError) as exc:
-        _fail(f"--maps: {exc}")
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def _write_text(p: Path, text: str) -> None:
-    """Write under a temporary name and rename: an interrupted write leaves no half file."""
-    from .io import _partial_name, remove_stale_partials
-
-    remove_stale_partials(p)
-    tmp = _partial_name(p)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def cmd_flow(args) -> int:
-    from .flow import FarnebackParams, estimate_flow, flow_to_rgb
-
-    from .engine import volume_value_range
-
-    out = Path(args.output)
-    if args.max_magnitude is not None and not args.rgb:
-        _fail("--max-magnitude sets the colour scale of --rgb; add --rgb or leave it out")
-    given = parse_params(args)
-    unknown = sorted(set(given) - set(FarnebackParams.__dataclass_fields__))
-    if unknown:
-        _fail(f"flow: unknown parameter {unknown[0]!r}; Farnebäck parameters are "
-              f"{', '.join(FarnebackParams.__dataclass_fields__)}")
-    try:
-        params = FarnebackParams(**given)
-        check_not_input(out, args.input)
-        check_output_path(out, args.overwrite)
-    except (ValueError, OSError) as exc:
-        _fail(str(exc))
-    vol = _read(args.input)
-    try:
-        validate_volume(vol.data)
-        vr = volume_value_range(vol.data)  # refuses NaN/inf voxels, naming how many
-    except ValueError as exc:
-        _fail(str(exc))
-    data = vol.data
-    n, h, w = (int(s) for s in data.shape)
-    progress = _StderrProgress(n - 1, "flow")
-
-    def pairs():
-        prev = np.asarray(data[0])
-        for z in range(n - 1):
-            nxt = np.asarray(data[z + 1])
-            fl = estimate_flow(prev, nxt, params, vr)
-            progress.update()
-            yield z, fl
-            prev = nxt
-
-    if args.rgb:
-        def items():
-            for z, fl in pairs():
-                yield z, flow_to_rgb(fl, args.max_magnitude)
-        shape, dtype = (n - 1, h, w, 3), np.uint8
-    else:
-        items, shape, dtype = pairs, (n - 1, h, w, 2), np.float32
-    try:
-        check_output_path(out, args.overwrite, int(np.prod(shape)) * np.dtype(dtype).itemsize,
-                          inputs=(args.input,))
-        _write_4d(out, items(), shape, dtype, vol, params, args.overwrite, rgb=args.rgb)
-    except (ValueError, OSError) as exc:
-        _fail(str(exc))
-    print(f"zup: wrote {out} ({n - 1} flow fields, (dx, dy) in pixels, from slice z to z+1)",
-          file=sys.stderr)
-    return 0
-
-
-def _write_4d(out: Path, items, shape, dtype, vol, params, overwrite, rgb):
-    """Flow fields: TIFF (ImageJ, axes ZYXS) or Zarr, written under a temporary name."""
-    import tifffile
-
-    from .io import _commit, _partial_name, _remove, remove_stale_partials
-
-    remove_stale_partials(out)
-    tmp = _partial_name(out)
-    meta = {"what": "Farnebäck flow z -> z+1, (dx, dy) pixels" if not rgb else
-            "Farnebäck flow colour wheel", "farneback": params.as_dict()}
-    try:
-        if out.suffix.lower() == ".zarr":
-            import zarr
-
-            arr = zarr.open_array(str(tmp), mode="w", shape=shape, dtype=dtype,
-                                  chunks=(1,) + shape[1:], zarr_format=2)
-            for z, fl in items:
-                arr[z] = fl
-            arr.attrs["zup"] = meta
-        else:
-            def planes():
-                for _, fl in items:
-                    yield fl
-            kw = {"photometric": "rgb"} if rgb else {"photometric": "minisblack",
-                                                    "planarconfig": "contig"}
-            tifffile.imwrite(tmp, data=planes(), shape=shape, dtype=dtype,
-                             description=json.dumps(meta), **kw)
-        _commit(tmp, out)
-    except BaseException:
-        _remove(tmp)
-        raise
-
-
 def cmd_sample(args) -> int:
     """Write the bundled sample (FlyEM FIB-SEM crop, CC-BY) to a file."""
     from ._sample_data import ATTRIBUTION, SAMPLE_FACTOR, _read
@@ -688,6 +286,26 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--probe", action="store_true", help="ask torch which devices work here "
                     "(slower; without it: a CUDA build of torch and an NVIDIA driver = cuda)")
 
+    _add_reconstruct_parser(sub)
+
+    add_evaluate_parser(sub)
+
+    add_flow_parser(sub)
+
+    sm = sub.add_parser("sample", help="write the bundled sample volume (real FIB-SEM crop)")
+    sm.add_argument("output", help=".tif or .zarr")
+    sm.add_argument("--isotropic", action="store_true", help="the 10 nm original instead of "
+                    "the anisotropic stack (every 4th slice, 40 nm z step)")
+    sm.add_argument("--overwrite", action="store_true")
+
+    t = sub.add_parser("train", help="train a learned method (see `zup train METHOD -h`)",
+                       add_help=False)
+    t.add_argument("method")
+    return p
+
+
+def _add_reconstruct_parser(sub) -> None:
+    """The ``reconstruct`` sub-command's options."""
     r = sub.add_parser("reconstruct", help="make an anisotropic stack isotropic")
     r.add_argument("input", help="TIFF stack (ImageJ/OME metadata) or Zarr/OME-Zarr")
     r.add_argument("output", help="output .tif (ImageJ hyperstack; BigTIFF when large) or "
@@ -728,57 +346,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "1024 x 1024 in y/x for of-linear/of-cubic)")
     d.add_argument("--no-resume", action="store_true", help="do not reuse finished chunks")
 
-    e = sub.add_parser("evaluate", help="score methods on your data: drop-and-restore on an "
-                       "isotropic stack, or --self on an anisotropic one (protocol: "
-                       "docs/evaluation.md)")
-    e.add_argument("input", help="an isotropic stack (ground truth), or with --self an "
-                   "anisotropic stack of real sections")
-    e.add_argument("--factor", "-f", default=None, help="integer factor: every F-th slice "
-                   "is kept (required without --self; --self always uses 2)")
-    e.add_argument("--self", dest="self_eval", action="store_true", help="self-evaluation on "
-                   "a real anisotropic stack: keep every second section, restore the others "
-                   "and score them against the real ones. Scores are at twice the real "
-                   "spacing (2 x s): they rank the methods on your data, they are not the "
-                   "quality at the real spacing. Needs >= 5 sections")
-    e.add_argument("--methods", default=DEFAULT_EVAL_METHODS,
-                   help="comma-separated methods, or 'all' = every method of `zup methods` "
-                   "(learned ones with their bundled checkpoints; minutes on a CPU). "
-                   f"Default: {DEFAULT_EVAL_METHODS}")
-    e.add_argument("--degrade", metavar="SPEC", help="robustness: score on a degraded copy "
-                   "made before decimation, e.g. noise=8 (Gaussian sigma, grey levels), "
-                   "gamma=0.7,contrast=0.6, brightness=-20, poisson=200 (counts at full "
-                   "scale), thick=4 (each slice the mean of 4 z-neighbours)")
-    e.add_argument("--seed", type=int, default=0, help="random seed of --degrade (default 0)")
-    e.add_argument("--json", help="write scores as JSON here")
-    e.add_argument("--maps", help="write per-method error maps |R-G| (TIFF) into this folder")
-    e.add_argument("--checkpoint", help="checkpoint for a learned method (one at a time)")
-    e.add_argument("--device", default="auto")
-    e.add_argument("--param", action="append", metavar="KEY=VALUE")
-    e.add_argument("--overwrite", action="store_true")
-    _add_farneback(e)
-    _add_voxel_size(e)
-
-    fl = sub.add_parser("flow", help="Farnebäck flow between consecutive slices")
-    fl.add_argument("input")
-    fl.add_argument("output", help=".tif (Z-1, Y, X, 2) float32 (dx, dy) or .zarr")
-    fl.add_argument("--rgb", action="store_true", help="write colour-wheel RGB images instead")
-    fl.add_argument("--max-magnitude", type=float, default=None,
-                    help="--rgb: flow magnitude shown at full brightness (default: 99th pct)")
-    fl.add_argument("--param", action="append", metavar="KEY=VALUE")
-    fl.add_argument("--overwrite", action="store_true")
-    _add_farneback(fl)
-
-    sm = sub.add_parser("sample", help="write the bundled sample volume (real FIB-SEM crop)")
-    sm.add_argument("output", help=".tif or .zarr")
-    sm.add_argument("--isotropic", action="store_true", help="the 10 nm original instead of "
-                    "the anisotropic stack (every 4th slice, 40 nm z step)")
-    sm.add_argument("--overwrite", action="store_true")
-
-    t = sub.add_parser("train", help="train a learned method (see `zup train METHOD -h`)",
-                       add_help=False)
-    t.add_argument("method")
-    return p
-
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a cluster scheduler's kill, ``kill PID``): raised in the main thread so that
@@ -791,6 +358,8 @@ def _on_sigterm(signum, frame):
 
 #: Errors the user can act on: one line, exit status 2. Anything else is a bug: traceback.
 EXPECTED_ERRORS = (CLIError, VolumeReadError, OSError, MemoryError)
+
+
 REPORT = ("zup: this is a bug in napari-zup, not in your input; please report it with the "
           "command line and the traceback above (issue tracker: see README.md, 'Reporting "
           "problems')")
