@@ -55,10 +55,6 @@ class Plan:
     def out_nbytes(self) -> int:
         return int(np.prod(self.out_shape)) * np.dtype(self.dtype).itemsize
 
-    @property
-    def n_restored(self) -> int:
-        return len(grid.restored_output_indices(self.in_shape[0], self.factor))
-
 
 # -- validation ---------------------------------------------------------------------------------
 

@@ -46,10 +46,6 @@ def parse_factor(factor) -> Fraction:
     return value
 
 
-def is_integer_factor(factor) -> bool:
-    return parse_factor(factor).denominator == 1
-
-
 def output_length(n_slices: int, factor) -> int:
     """Number of output slices for ``n_slices`` input slices: ``floor((n - 1) * F) + 1``."""
     f = parse_factor(factor)

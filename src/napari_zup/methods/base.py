@@ -11,8 +11,8 @@ Adding a method = one module that subclasses :class:`Method` and calls :func:`re
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 
@@ -110,7 +110,6 @@ class Method:
 class _Entry:
     info: MethodInfo
     factory: Callable[..., Method] | str  # class or "module:Class" (lazy import of torch models)
-    params: dict[str, Any] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, _Entry] = {}
