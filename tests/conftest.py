@@ -1,5 +1,20 @@
-"""Fixtures shared by the napari test modules."""
+"""Fixtures shared by the napari test modules; the ``gpu`` marker's skip."""
 import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped where torch sees no CUDA device (one place, one
+    reason; ``-m gpu`` runs just them on a GPU machine)."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device here (gpu marker)")
+    for item in gpu:
+        item.add_marker(skip)
 
 
 @pytest.fixture

@@ -259,7 +259,7 @@ def test_factor_outside_the_checkpoints_training_range_is_flagged(tmp_path):
     save_checkpoint(ckpt, state, {**meta, "factor_range": [4, 4]})
     assert "×4;" in factor_warning("a2i", 6, ckpt) and factor_warning("a2i", 4, ckpt) is None
     vol = np.random.default_rng(0).integers(0, 255, (4, 24, 24), dtype=np.uint8)
-    tifffile.imwrite(tmp_path / "in.tif", vol)
+    tifffile.imwrite(tmp_path / "in.tif", vol, photometric="minisblack")
     proc = subprocess.run([sys.executable, "-m", "napari_zup.cli", "reconstruct",
                            tmp_path / "in.tif", tmp_path / "out.tif", "--method", "a2i",
                            "--factor", "6", "--checkpoint", ckpt],

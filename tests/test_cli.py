@@ -132,7 +132,7 @@ def test_bad_inputs_are_refused_and_nothing_written(tmp_path):
     proc = zup("reconstruct", rgb, tmp_path / "o.tif", "--factor", "2", check=False)
     assert proc.returncode == 2 and "RGB" in proc.stderr
     noscale = tmp_path / "noscale.tif"
-    tifffile.imwrite(noscale, np.zeros((4, 32, 32), np.uint8))
+    tifffile.imwrite(noscale, np.zeros((4, 32, 32), np.uint8), photometric="minisblack")
     proc = zup("reconstruct", noscale, tmp_path / "o.tif", check=False)
     assert proc.returncode == 2 and "voxel size is unknown" in proc.stderr
     assert "--voxel-size" in proc.stderr
@@ -146,7 +146,7 @@ def test_bad_inputs_are_refused_and_nothing_written(tmp_path):
 
 def test_existing_output_needs_overwrite(tmp_path):
     src = tmp_path / "s.tif"
-    tifffile.imwrite(src, np.zeros((3, 16, 16), np.uint8))
+    tifffile.imwrite(src, np.zeros((3, 16, 16), np.uint8), photometric="minisblack")
     out = tmp_path / "o.tif"
     out.write_bytes(b"keep")
     proc = zup("reconstruct", src, out, "--factor", "2", check=False)

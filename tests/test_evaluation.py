@@ -158,7 +158,7 @@ def test_cli_self_refuses_other_factors_and_short_stacks(tmp_path, aniso):
     proc = zup("evaluate", ISBI, "--self", "--factor", "4")
     assert proc.returncode == 2 and "--self always evaluates at factor 2" in proc.stderr
     short = tmp_path / "short.tif"
-    tifffile.imwrite(short, aniso[:4])
+    tifffile.imwrite(short, aniso[:4], photometric="minisblack")
     proc = zup("evaluate", short, "--self", "--json", tmp_path / "s.json")
     assert proc.returncode == 2 and "at least 5 sections" in proc.stderr
     assert not (tmp_path / "s.json").exists()

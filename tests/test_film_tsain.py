@@ -233,7 +233,7 @@ def test_shipped_checkpoint_beats_linear_on_real_crop(method, sample2_crop):
     assert got.ssim > lin.ssim
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+@pytest.mark.gpu  # skipped without CUDA (conftest.py)
 def test_gpu_matches_cpu(sample2_crop):
     a = sample2_crop[:5:4]
     cpu = reconstruct(a, "film", 4, method_params={"device": "cpu"})

@@ -227,7 +227,7 @@ def test_workers_without_the_distributed_extra_is_one_line(tmp_path, capsys, mon
 def test_nan_voxels_in_flow_are_one_line(tmp_path, capsys):
     a = np.random.default_rng(0).random((4, 32, 32)).astype(np.float32)
     a[2, 5, 5] = np.nan
-    tifffile.imwrite(tmp_path / "nan.tif", a)
+    tifffile.imwrite(tmp_path / "nan.tif", a, photometric="minisblack")
     rc, err = run(capsys, "flow", tmp_path / "nan.tif", tmp_path / "f.tif")
     one_line_error(rc, err, "NaN")
     assert sorted(os.listdir(tmp_path)) == ["nan.tif"]

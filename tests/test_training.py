@@ -364,7 +364,7 @@ def test_augmented_training_is_validated_on_degraded_copies_too(method):
     assert max(diffs) > 0.005
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+@pytest.mark.gpu  # skipped without CUDA (conftest.py)
 def test_training_on_cuda_mixed_precision(tmp_path):
     from napari_zup.training.session import train
 
