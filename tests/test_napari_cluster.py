@@ -37,21 +37,24 @@ def hold_chunks(monkeypatch):
 
     # at most 4 x threads chunks in flight (not 64): a held run stops with chunks to spare
     monkeypatch.setattr(distributed, "MIN_IN_FLIGHT", 1)
-    original = ClusterRun._reconstruct
+    original = ClusterRun._events
     gates = []
 
     def install(n):
         gate = threading.Event()
         gates.append(gate)
 
-        def held(self, callback):
-            def report(item):
-                callback(item)
-                if item[0] == n:
-                    gate.wait(TIMEOUT_MS / 1000)
-            return original(self, report)
+        def held(self):
+            events = original(self)
+            try:
+                for event in events:
+                    yield event
+                    if event.done == n:
+                        gate.wait(TIMEOUT_MS / 1000)
+            finally:
+                events.close()
 
-        monkeypatch.setattr(ClusterRun, "_reconstruct", held)
+        monkeypatch.setattr(ClusterRun, "_events", held)
         return gate
 
     yield install

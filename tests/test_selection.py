@@ -114,7 +114,7 @@ def test_sample_is_bounded_middle_sections_and_crops(monkeypatch):
     a = np.asarray(read_volume(need(ISBI)).data)                 # 30 x 512 x 512, real ssTEM
     seen = []
     monkeypatch.setattr(selection, "BUDGET", 1e9)                # budget never binding
-    c = choose_method(a, 4, candidates=["linear"], on_progress=lambda *e: seen.append(e))
+    c = choose_method(a, 4, candidates=["linear"], on_progress=lambda ev: seen.append((ev.done, ev.total)))
     assert "sections 10-18 of 30" in c.sample and "4 crop(s) of 256 x 256" in c.sample
     assert c.scores["linear"].n_slices == 4 * 4                 # 4 restored per crop
     assert seen[-1][0] == seen[-1][1] == 4

@@ -23,7 +23,7 @@ from ._cli.evaluate import DEFAULT_EVAL_METHODS, _eval_methods, cmd_evaluate  # 
 from ._cli.evaluate import add_evaluate_parser
 from ._cli.flow import add_flow_parser, cmd_flow
 from .checkpoints import factor_warning
-from .engine import iter_reconstruct, make_plan, validate_volume
+from .engine import make_plan, reconstruct_events, validate_volume
 from .io import (VolumeReadError, check_not_input, check_output_path, output_dtype,
                  output_voxel_size, read_volume, write_volume)
 from .methods.base import create_method, get_info, method_infos
@@ -83,8 +83,8 @@ def _choose_auto(args) -> str:
     print(f"zup: --method auto: self-evaluating {len(names)} methods on a sample of the stack "
           "(docs/evaluation.md)", file=sys.stderr)
 
-    def on_progress(done, total, text):
-        print(f"zup: {text} ({done}/{total})", file=sys.stderr, flush=True)
+    def on_progress(event):
+        print(f"zup: {event.message} ({event.done}/{event.total})", file=sys.stderr, flush=True)
 
     try:
         choice = choose_method(vol.data, factor, method_params={
@@ -178,10 +178,11 @@ def _reconstruct_local(args, vol, factor, params, voxel, unit, meta, dtype) -> i
         progress = _StderrProgress(plan.out_shape[0], "reconstruct")
 
         def items():
-            for z, sl in iter_reconstruct(vol.data, method, factor, tile_size=args.tile_size,
-                                          workers=args.threads, value_range=plan.value_range):
-                progress.update()
-                yield z, sl
+            for event in reconstruct_events(vol.data, method, factor, tile_size=args.tile_size,
+                                            workers=args.threads,
+                                            value_range=plan.value_range):
+                progress.update(event)
+                yield event.payload
 
         write_volume(out, items(), voxel, unit, shape=plan.out_shape, dtype=plan.dtype,
                      overwrite=args.overwrite, metadata=meta, inputs=(args.input,))
@@ -201,29 +202,31 @@ def _reconstruct_local(args, vol, factor, params, voxel, unit, meta, dtype) -> i
 
 def _reconstruct_distributed(args, vol, factor, params, voxel, meta) -> int:
     try:
-        from .distributed import reconstruct_to_zarr
+        from .distributed import iter_reconstruct_to_zarr
     except ImportError as exc:
         _fail(f"distributed runs need the 'distributed' extra ({exc})")
+    from .progress import drive
+
     progress = None
     stats: dict = {}
 
-    def on_progress(done, total):
+    def on_progress(event):
         nonlocal progress
+        done, total = event.done, event.total
         if progress is None:  # the first report: chunks found finished by a resumed run
             progress = _StderrProgress(total, "reconstruct", unit="chunks", done=done)
             if 0 < done < total:
                 print(f"zup: resuming {args.output}: {done} of {total} chunks already "
                       "written", file=sys.stderr)
-        progress.update(done - progress.progress.done)
+        progress.update(event)
 
     try:
-        reconstruct_to_zarr(args.input, args.output, args.method, factor, method_params=params,
-                            workers=args.workers, scheduler=args.scheduler,
-                            overwrite=args.overwrite, resume=not args.no_resume,
-                            levels=args.pyramid_levels, input_level=args.input_level,
-                            chunks=args.chunks,
-                            voxel_size=vol.voxel_size, unit=vol.unit, progress=on_progress,
-                            stats=stats)
+        drive(iter_reconstruct_to_zarr(
+            args.input, args.output, args.method, factor, method_params=params,
+            workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite,
+            resume=not args.no_resume, levels=args.pyramid_levels,
+            input_level=args.input_level, chunks=args.chunks, voxel_size=vol.voxel_size,
+            unit=vol.unit, stats=stats), on_progress)
     except KeyboardInterrupt as exc:
         done = f"{progress.progress.done} of {progress.progress.total} chunks" if progress \
             else "before any chunk"

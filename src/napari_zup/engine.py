@@ -9,16 +9,16 @@
 One mechanism does all the work: :func:`render_output_block` computes a block of output
 slices for one (y, x) tile, reading only the knots it needs plus the method's z-context and
 y/x halo (overlap-and-crop, as dask's ``map_overlap``: every kept pixel is at least ``halo``
-pixels from a tile edge, so tiles join without seams). :func:`iter_reconstruct` runs it over
-z-slabs and tiles in a thread pool and yields finished slices in z order; the cluster runner
-(:mod:`napari_zup.distributed`) maps the same function over output chunks.
+pixels from a tile edge, so tiles join without seams). :func:`reconstruct_events` runs it over
+z-slabs and tiles in a thread pool and yields finished slices in z order as progress events
+(:mod:`napari_zup.progress`; :func:`iter_reconstruct` yields just the slices); the cluster
+runner (:mod:`napari_zup.distributed`) maps the same function over output chunks.
 """
 from __future__ import annotations
 
 import math
 import os
 import threading
-import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +29,7 @@ import numpy as np
 
 from . import grid
 from .methods.base import Method, MethodInfo, create_method, dtype_value_range, get_info
+from .progress import Progress, drive
 
 #: Default y/x tile edge when the input is a numpy array (dask arrays use their own chunks).
 DEFAULT_TILE = 2048
@@ -263,6 +264,37 @@ def iter_reconstruct(
     progress and :class:`ReconstructionCancelled` is raised. Closing the iterator also stops.
     ``out``: optional preallocated output array (numpy) that tiles are written into directly
     (the yielded slices are then views of it).
+
+    The payloads of :func:`reconstruct_events` (the same run, as progress events).
+    """
+    events = reconstruct_events(
+        volume, method, factor, method_params=method_params, tile_size=tile_size,
+        workers=workers, want_flows=want_flows, cancel=cancel, value_range=value_range, out=out)
+    try:
+        for event in events:
+            yield event.payload
+    finally:
+        events.close()
+
+
+def reconstruct_events(
+    volume,
+    method: str | Method = "linear",
+    factor=2,
+    *,
+    method_params: dict | None = None,
+    tile_size=None,
+    workers: int | None = None,
+    want_flows: bool = False,
+    cancel: threading.Event | None = None,
+    value_range=None,
+    out: np.ndarray | None = None,
+) -> Iterator[Progress]:
+    """The streaming reconstruction as :class:`napari_zup.progress.Progress` events: one per
+    output slice, in z order, ``done`` = slices finished, ``total`` = output slices,
+    ``payload`` = ``(z_index, slice)`` (``(z_index, slice, flow)`` with ``want_flows``).
+    Arguments as :func:`iter_reconstruct`; once ``cancel`` is set no further event comes
+    (:class:`ReconstructionCancelled` at the next ``next()``).
     """
     method_obj, owned = _method(method, method_params)
     name = method_obj.info.name
@@ -284,6 +316,8 @@ def iter_reconstruct(
         return render_output_block(volume, method_obj, plan.factor, indices, *tile,
                                    plan.value_range, want_flows, out=dest)
 
+    n_done, n_total = 0, plan.out_shape[0]
+    message = f"{name} ×{float(plan.factor):g}"
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zup")
     pending: deque = deque()
     try:
@@ -321,10 +355,11 @@ def iter_reconstruct(
                             slab_flows[j] = np.zeros(plan.out_shape[1:] + (2,), np.float32)
                         slab_flows[j][ys, xs] = fl
             for j, i in enumerate(indices):
-                if want_flows:
-                    yield i, slab[j], slab_flows[j]
-                else:
-                    yield i, slab[j]
+                if cancel is not None and cancel.is_set():  # within one slice of the request
+                    raise ReconstructionCancelled("reconstruction cancelled")
+                n_done += 1
+                item = (i, slab[j], slab_flows[j]) if want_flows else (i, slab[j])
+                yield Progress(n_done, n_total, message, item)
     finally:
         for _, _, futures in pending:
             for _, fut in futures:
@@ -372,40 +407,5 @@ def reconstruct(volume, method: str | Method = "linear", factor=2, *, lazy: bool
     out_shape = (grid.output_length(int(volume.shape[0]), f),) + tuple(volume.shape[1:])
     check_fits_in_memory(int(np.prod(out_shape)) * np.dtype(volume.dtype).itemsize)
     out = np.empty(out_shape, volume.dtype)
-    for _ in iter_reconstruct(volume, method, f, out=out, **kwargs):
-        pass
+    drive(reconstruct_events(volume, method, f, out=out, **kwargs))
     return out
-
-
-class Progress:
-    """Items done (slices, or chunks of a cluster run), rate and ETA, for the CLI and the
-    widgets. ``done``: items already finished before this session (a resumed run); they
-    count as done but not towards the rate, so the ETA is not flattered by them."""
-
-    def __init__(self, total: int, unit: str = "slices", done: int = 0):
-        self.total = int(total)
-        self.unit = unit
-        self.done = self.done_at_start = int(done)
-        self.start = time.perf_counter()
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-    @property
-    def rate(self) -> float:
-        new = self.done - self.done_at_start
-        return new / self.elapsed if self.elapsed > 0 else 0.0
-
-    @property
-    def eta(self) -> float:
-        return (self.total - self.done) / self.rate if self.rate > 0 else float("nan")
-
-    def __str__(self) -> str:
-        eta = "?" if math.isnan(self.eta) else f"{self.eta:.0f}s"
-        resumed = f" ({self.done_at_start} already done)" if self.done_at_start else ""
-        return (f"{self.done}/{self.total} {self.unit}{resumed}, {self.rate:.1f} {self.unit}/s, "
-                f"elapsed {self.elapsed:.0f}s, ETA {eta}")

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Generator
 
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from . import grid
-from .engine import iter_reconstruct, validate_volume
+from .engine import reconstruct_events, validate_volume
 from .methods.base import dtype_value_range
+from .progress import Progress, drive
 
 
 def unit_scale(volume: np.ndarray) -> tuple[float, float]:
@@ -103,6 +105,28 @@ def evaluate_method(
 
     Error maps are ``|R - G|`` in [0, 1] units for every output slice (0 on knots).
     ``on_slice(i, slice)`` is called as each output slice is finished (for live display).
+    The same run as progress events: :func:`evaluate_events`.
+    """
+    events = evaluate_events(ground_truth, factor, method, method_params=method_params,
+                             keep_output=keep_output, error_maps=error_maps, cancel=cancel,
+                             **engine_kwargs)
+    return drive(events, None if on_slice is None else lambda ev: on_slice(*ev.payload))
+
+
+def evaluate_events(
+    ground_truth: np.ndarray,
+    factor: int,
+    method: str = "linear",
+    *,
+    method_params: dict | None = None,
+    keep_output: bool = False,
+    error_maps: bool = False,
+    cancel=None,
+    **engine_kwargs,
+) -> Generator[Progress, None, tuple[MethodScore, np.ndarray | None, np.ndarray | None]]:
+    """:func:`evaluate_method` as a progress generator: yields the reconstruction's events
+    (:func:`napari_zup.engine.reconstruct_events`: one per output slice, payload
+    ``(index, slice)``) and returns ``(score, reconstruction or None, error maps or None)``.
     """
     g = np.asarray(ground_truth)
     validate_volume(g)
@@ -123,11 +147,15 @@ def evaluate_method(
     recon = np.empty((n_out,) + g.shape[1:], g.dtype)
     vr = dtype_value_range(g.dtype) or (lo, lo + span)
     t0 = time.perf_counter()
-    for i, sl in iter_reconstruct(a, method, f, method_params=method_params, cancel=cancel,
-                                  value_range=vr, **engine_kwargs):
-        recon[i] = sl
-        if on_slice is not None:
-            on_slice(i, sl)
+    events = reconstruct_events(a, method, f, method_params=method_params, cancel=cancel,
+                                value_range=vr, **engine_kwargs)
+    try:
+        for event in events:
+            i, sl = event.payload[:2]
+            recon[i] = sl
+            yield event
+    finally:
+        events.close()
     compute_s = time.perf_counter() - t0
     maps = np.zeros((n_out,) + g.shape[1:], np.float32) if error_maps else None
     per_slice: dict[str, list[float]] = {"index": [], "psnr": [], "ssim": [], "fpsnr": [],
@@ -193,15 +221,23 @@ def self_evaluate(
 
     The scores are at twice the real spacing (2 x s): they rank methods on this kind of
     data; they are not the quality at the real spacing (label them with
-    :data:`SELF_EVAL_LABEL`).
+    :data:`SELF_EVAL_LABEL`). As progress events: :func:`self_evaluate_events`.
     """
+    events = self_evaluate_events(stack, method, method_params=method_params, cancel=cancel,
+                                  **engine_kwargs)
+    return drive(events, None if on_slice is None else lambda ev: on_slice(*ev.payload))
+
+
+def self_evaluate_events(stack, method: str = "linear", *, method_params: dict | None = None,
+                         cancel=None, **engine_kwargs):
+    """:func:`self_evaluate` as a progress generator (events as :func:`evaluate_events`)."""
     n = int(np.shape(stack)[0]) if np.ndim(stack) >= 1 else 0
     if np.ndim(stack) == 3 and n < SELF_EVAL_MIN_SECTIONS:
         raise ValueError(
             f"self-evaluation needs at least {SELF_EVAL_MIN_SECTIONS} sections (it keeps every "
             f"second one and restores the others); this stack has {n}. Use a longer stack")
-    return evaluate_method(stack, 2, method, method_params=method_params, cancel=cancel,
-                           on_slice=on_slice, **engine_kwargs)
+    return (yield from evaluate_events(stack, 2, method, method_params=method_params,
+                                       cancel=cancel, **engine_kwargs))
 
 
 # -- robustness: degraded copies of G (docs/evaluation.md, "Robustness") ------------------------

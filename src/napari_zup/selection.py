@@ -30,6 +30,7 @@ from .engine import ReconstructionCancelled
 from .evaluation import (SELF_EVAL_LABEL, SELF_EVAL_MIN_SECTIONS, MethodScore, format_table,
                          self_evaluate)
 from .methods.base import create_method, get_info, method_infos
+from .progress import Progress
 
 #: y/x edge of a sample crop, most crops, most sections of the sample.
 CROP = 256
@@ -196,8 +197,10 @@ def choose_method(volume, factor, *, candidates=None, method_params=None, cancel
 
     ``method_params``: method name -> parameters (as for :func:`evaluation.evaluate`).
     ``cancel``: a threading.Event (raises engine.ReconstructionCancelled when set).
-    ``on_progress(done, total, text)`` after each candidate on each crop (``total`` is an
-    upper bound: fewer crops may be scored, the last call has ``done == total``).
+    ``on_progress(event)`` with a :class:`napari_zup.progress.Progress` event after each
+    candidate on each crop (``total`` is an upper bound: fewer crops may be scored, the last
+    event has ``done == total``; :func:`napari_zup.progress.events_from_callback` turns the
+    calls into a generator).
     ``budget``: most time for the choice as a fraction of the estimated reconstruction
     (default :data:`BUDGET`; ``math.inf`` scores every candidate on the first crop).
     Raises ValueError when the stack has fewer than 5 sections or no candidate can run.
@@ -294,7 +297,7 @@ def choose_method(volume, factor, *, candidates=None, method_params=None, cancel
                 finally:
                     done += 1
                     if on_progress is not None:
-                        on_progress(done, total, f"auto: {m}, crop {n_crops + 1}")
+                        on_progress(Progress(done, total, f"auto: {m}, crop {n_crops + 1}"))
                 parts[m].append(score)
             n_crops += 1
             if not parts:
@@ -306,7 +309,7 @@ def choose_method(volume, factor, *, candidates=None, method_params=None, cancel
         for obj in methods.values():
             obj.close()
     if on_progress is not None and done < total:  # fewer crops than the upper bound
-        on_progress(total, total, f"auto: {n_crops} crop(s) scored")
+        on_progress(Progress(total, total, f"auto: {n_crops} crop(s) scored"))
     if not parts:
         raise ValueError("auto: no candidate method could run on this stack: " + "; ".join(
             f"{m}: {r}" for m, r in skipped.items()))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import grid
-from ..engine import Progress
+from ..progress import Meter, Progress
 from ..io import UNKNOWN_UNIT, Volume, VolumeReadError, is_pixel_unit, read_volume, unit_factor
 from ..methods.base import create_method, get_info, method_infos
 
@@ -165,15 +165,19 @@ def _add_voxel_size(p) -> None:
 
 
 class _StderrProgress:
+    """The CLI's progress line: ``label: done/total unit, rate, elapsed, ETA`` on stderr at
+    most every ``every`` seconds (and at the end), from :class:`napari_zup.progress.Progress`
+    events (or counts)."""
+
     def __init__(self, total: int, label: str, every: float = 2.0, unit: str = "slices",
                  done: int = 0):
-        self.progress = Progress(total, unit, done)
+        self.progress = Meter(total, unit, done)
         self.label = label
         self.every = every
         self.last = 0.0
 
-    def update(self, n: int = 1) -> None:
-        self.progress.update(n)
+    def update(self, event: Progress | int = 1) -> None:
+        self.progress.update(event)
         now = time.perf_counter()
         if now - self.last >= self.every or self.progress.done == self.progress.total:
             self.last = now

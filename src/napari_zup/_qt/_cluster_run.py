@@ -21,8 +21,8 @@ from qtpy.QtCore import QTimer
 
 from .. import grid, io
 from ..engine import ReconstructionCancelled
+from ..progress import Meter, Progress
 from ._common import (
-    iterate_callbacks,
     layer_units,
     layer_volume,
     notify_error,
@@ -119,7 +119,7 @@ class ClusterRun:
         self.stats: dict = {}
         self.done = 0
         self.total = 0
-        self._done_at_start = None
+        self.meter: Meter | None = None  # from the first report on (the store exists then)
         self._name = name
         self._last_refresh = 0.0
         z, h, w = (int(s) for s in layer_volume(layer).shape)
@@ -130,21 +130,21 @@ class ClusterRun:
 
     # -- worker (runs in a thread) ----------------------------------------------------------
 
-    def _reconstruct(self, callback):
-        from ..distributed import reconstruct_to_zarr
+    def _events(self):
+        """The cluster run's progress events (chunks written)."""
+        from ..distributed import iter_reconstruct_to_zarr
 
         voxel, unit = layer_voxel(self.source)
-        return reconstruct_to_zarr(
+        return iter_reconstruct_to_zarr(
             cluster_source(self.source), self.out_path, self.method, self.factor,
             method_params=self.method_params or None, workers=self.workers,
             scheduler=self.scheduler, processes=self.processes, chunks=self.chunks,
             levels=self.levels, voxel_size=voxel, unit=unit, resume=True,
-            progress=lambda done, total: callback((done, total)), cancel=self.cancel_event,
-            stats=self.stats)
+            cancel=self.cancel_event, stats=self.stats)
 
     def _job(self):
         try:
-            yield from iterate_callbacks(self._reconstruct)
+            yield from self._events()
         except ReconstructionCancelled:
             return "cancelled"
         return "done"
@@ -168,24 +168,22 @@ class ClusterRun:
     @property
     def eta(self) -> float:
         """Seconds left, from the chunks finished in this session (nan until known)."""
-        if self._done_at_start is None or self.done <= self._done_at_start:
-            return float("nan")
-        rate = (self.done - self._done_at_start) / (time.perf_counter() - self._t_first)
-        return (self.total - self.done) / rate
+        return float("nan") if self.meter is None else self.meter.eta
 
     def describe(self) -> str:
         eta = self.eta
         return (f"{self.done}/{self.total} chunks written"
                 + ("" if np.isnan(eta) else f", ETA {eta:.0f} s"))
 
-    def _on_chunks(self, value):
-        self.done, self.total = value
-        if self._done_at_start is None:  # the store exists from the first report on
-            self._done_at_start, self._t_first = self.done, time.perf_counter()
-            self.stats["store_ready_s"] = self._t_first - self.t_start
+    def _on_chunks(self, event: Progress):
+        self.done, self.total = event.done, event.total
+        if self.meter is None:  # the store exists from the first report on
+            self.meter = Meter(self.total, "chunks", self.done)
+            self.stats["store_ready_s"] = self.meter.start - self.t_start
             self.stats["resumed_chunks"] = self.done
             if self.status == "running":
                 self._add_layer()
+        self.meter.update(event)
         now = time.perf_counter()
         if now - self._last_refresh >= REFRESH_S:
             self._refresh()

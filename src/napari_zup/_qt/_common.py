@@ -6,7 +6,6 @@ from __future__ import annotations
 import atexit
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -271,36 +270,3 @@ def start_worker(function, *args, on_yield=None, on_return=None, on_error=None,
     worker.start()
     return worker
 
-
-def iterate_callbacks(function, *args, **kwargs):
-    """Run ``function(*args, callback=..., **kwargs)`` in a helper thread and yield whatever
-    it passes to ``callback`` as it comes; finally return ``function``'s result.
-
-    Lets a callback-style core function (``evaluate_method(on_slice=...)``) drive a
-    generator worker (progress and live display) without changing the core.
-    """
-    import queue
-
-    q: queue.Queue = queue.Queue()
-    done = object()
-    box: dict = {}
-
-    def run():
-        try:
-            box["result"] = function(*args, callback=q.put, **kwargs)
-        except BaseException as exc:  # re-raised in the generator's thread
-            box["error"] = exc
-        finally:
-            q.put(done)
-
-    t = threading.Thread(target=run, daemon=True, name="zup-callback")
-    t.start()
-    while True:
-        item = q.get()
-        if item is done:
-            break
-        yield item
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box.get("result")

@@ -3,8 +3,8 @@ layer, or self-evaluation on an anisotropic one (keep every second section, rest
 others, score against the real ones), with restored layers, error maps |R - G| (one method at
 a time), a metrics table and the mean SSIM by position between knots.
 
-All numbers come from :func:`napari_zup.evaluation.evaluate_method` /
-:func:`napari_zup.evaluation.self_evaluate` (the functions behind ``zup evaluate`` and
+All numbers come from :func:`napari_zup.evaluation.evaluate_events` /
+:func:`napari_zup.evaluation.self_evaluate_events` (the functions behind ``zup evaluate`` and
 ``zup evaluate --self``); the widget only displays them.
 """
 from __future__ import annotations
@@ -31,14 +31,13 @@ from ..evaluation import (
     SELF_EVAL_LABEL,
     SELF_EVAL_MIN_SECTIONS,
     decimate,
-    evaluate_method,
-    self_evaluate,
+    evaluate_events,
+    self_evaluate_events,
 )
 from ._common import (
     DockWidget,
     LayerCombo,
     anisotropy,
-    iterate_callbacks,
     layer_problem,
     layer_units,
     layer_volume,
@@ -363,17 +362,22 @@ class EvaluateWidget(DockWidget):
     def _job(ground_truth, factor, methods, params, self_mode, cancel):
         g = np.asarray(ground_truth)
         for m in methods:
-            gen = iterate_callbacks(_evaluate_with_callback, g, factor, m, params.get(m),
-                                    self_mode, cancel)
-            while True:
-                try:
-                    i = next(gen)
-                except StopIteration as stop:
-                    score, recon, maps = stop.value
-                    break
-                except ReconstructionCancelled:
-                    return "cancelled"
-                yield ("slice", m, i)
+            kw = {"method_params": params.get(m), "cancel": cancel, "keep_output": True,
+                  "error_maps": True}
+            events = (self_evaluate_events(g, m, **kw) if self_mode
+                      else evaluate_events(g, factor, m, **kw))
+            try:
+                while True:
+                    try:
+                        event = next(events)
+                    except StopIteration as stop:
+                        score, recon, maps = stop.value
+                        break
+                    yield ("slice", m, event.payload[0])
+            except ReconstructionCancelled:
+                return "cancelled"
+            finally:
+                events.close()
             yield ("method", m, (score, recon, maps))
         return "done"
 
@@ -507,13 +511,3 @@ class EvaluateWidget(DockWidget):
         self.status.setText(f"failed: {exc}")
         notify_error(f"Evaluate failed: {exc}")
 
-
-def _evaluate_with_callback(g, factor, method, params, self_mode, cancel, callback):
-    def on_slice(i, sl):
-        return callback(i)
-
-    if self_mode:
-        return self_evaluate(g, method, method_params=params, cancel=cancel,
-                             on_slice=on_slice, keep_output=True, error_maps=True)
-    return evaluate_method(g, factor, method, method_params=params, keep_output=True,
-                           error_maps=True, cancel=cancel, on_slice=on_slice)

@@ -468,7 +468,8 @@ class ReconstructWidget(DockWidget):
     def _start_auto(self, layer):
         import threading
 
-        from ._common import iterate_callbacks, start_worker
+        from ..progress import events_from_callback
+        from ._common import start_worker
 
         try:
             factor = grid.parse_factor(self.factor_spin.value())
@@ -486,16 +487,15 @@ class ReconstructWidget(DockWidget):
         self.progress_bar.setVisible(True)
         self.status.setText("auto: self-evaluating the methods on a sample of the stack…")
         self._auto_worker = start_worker(
-            iterate_callbacks, _choose, layer_volume(layer), factor, self.auto_candidates,
+            events_from_callback, _choose, layer_volume(layer), factor, self.auto_candidates,
             self._auto_params(), self._auto_cancel, on_yield=self._on_auto_progress,
             on_return=self._on_auto_choice, on_error=self._on_auto_error)
         return self._auto_worker
 
-    def _on_auto_progress(self, item):
-        done, total, text = item
-        self.progress_bar.setRange(0, max(total, 1))
-        self.progress_bar.setValue(done)
-        self.status.setText(f"{text} ({done}/{total})")
+    def _on_auto_progress(self, event):
+        self.progress_bar.setRange(0, max(event.total, 1))
+        self.progress_bar.setValue(event.done)
+        self.status.setText(f"{event.message} ({event.done}/{event.total})")
 
     def _auto_ended(self):
         self._choosing = False
@@ -582,14 +582,14 @@ class ReconstructWidget(DockWidget):
                                 f"{run.out_shape[0]} slices; layer marked partial")
 
 
-def _choose(volume, factor, candidates, params, cancel, callback):
-    """Worker side of "auto": :func:`napari_zup.selection.choose_method`, progress through
-    ``callback``; None when cancelled."""
+def _choose(volume, factor, candidates, params, cancel, on_progress):
+    """Worker side of "auto": :func:`napari_zup.selection.choose_method` (its progress events
+    to ``on_progress``); None when cancelled."""
     from ..engine import ReconstructionCancelled
     from ..selection import choose_method
 
     try:
         return choose_method(volume, factor, candidates=candidates, method_params=params,
-                             cancel=cancel, on_progress=lambda d, t, txt: callback((d, t, txt)))
+                             cancel=cancel, on_progress=on_progress)
     except ReconstructionCancelled:
         return None

@@ -1,5 +1,5 @@
 """One streaming reconstruction run inside napari: the output layer appears at once and fills
-in slice by slice while :func:`napari_zup.engine.iter_reconstruct` runs in a worker thread.
+in slice by slice while :func:`napari_zup.engine.reconstruct_events` runs in a worker thread.
 
 Used by the Reconstruct and Compare widgets. The worker writes every finished slice straight
 into the output buffer (numpy, or a zarr store on disk for large outputs) and only tells the
@@ -16,8 +16,9 @@ import numpy as np
 from qtpy.QtCore import QTimer
 
 from .. import grid
-from ..engine import Progress, ReconstructionCancelled, iter_reconstruct
+from ..engine import ReconstructionCancelled, reconstruct_events
 from ..flow import flow_to_rgb, flow_vectors
+from ..progress import Meter, Progress
 from ._common import (
     allocate_output,
     layer_units,
@@ -69,7 +70,7 @@ class StreamingRun:
         self.volume = volume
         z, h, w = (int(s) for s in volume.shape)
         self.out_shape = (grid.output_length(z, self.factor), h, w)
-        self.progress = Progress(self.out_shape[0])
+        self.progress = Meter(self.out_shape[0])
         self._name = name
         self._vectors: list[np.ndarray] = []
         self._magnitudes: list[np.ndarray] = []
@@ -135,14 +136,17 @@ class StreamingRun:
     # -- worker (runs in a thread) ----------------------------------------------------------
 
     def _job(self):
+        """Progress events for the GUI thread; their payload is ``(index, flow display data
+        or None)``: the slice itself is already in the output buffer."""
         out = self._out
         flow_vmax = None
-        it = iter_reconstruct(
+        it = reconstruct_events(
             self.volume, self.method, self.factor, method_params=self.method_params or None,
             tile_size=self.tile_size, want_flows=self.want_flows, cancel=self.cancel_event,
             workers=self.workers)
         try:
-            for item in it:
+            for event in it:
+                item = event.payload
                 i = item[0]
                 out[i] = item[1]
                 extra = None
@@ -158,7 +162,7 @@ class StreamingRun:
                     vec[:, :, 1:] = vec2
                     extra = (vec, np.hypot(vec2[:, 1, 0], vec2[:, 1, 1]).astype(np.float32),
                              flow_vmax)
-                yield i, extra
+                yield Progress(event.done, event.total, event.message, (i, extra))
         except ReconstructionCancelled:
             return "cancelled"
         finally:
@@ -199,10 +203,10 @@ class StreamingRun:
     def running(self) -> bool:
         return self.status == "running"
 
-    def _on_slice(self, value):
-        i, extra = value
+    def _on_slice(self, event: Progress):
+        i, extra = event.payload
         now = time.perf_counter()
-        self.progress.update()
+        self.progress.update(event)
         self._latest = max(self._latest, i)
         if extra is not None:
             vec, mag, vmax = extra

@@ -30,7 +30,8 @@ How it works:
   parameters), so a model is loaded once per worker; ``device="auto"`` in ``method_params``
   is resolved on each worker, so each worker uses its own accelerator.
 
-Modules: :mod:`.client` (``reconstruct_to_zarr``: checks, cluster, submission window),
+Modules: :mod:`.client` (``iter_reconstruct_to_zarr``, a progress generator
+(:mod:`napari_zup.progress`), and ``reconstruct_to_zarr`` over it: checks, cluster, submission window),
 :mod:`.chunks` (chunk shapes and each chunk's input region and render calls, from the
 engine's planner), :mod:`.worker` (the tasks and the per-worker caches), :mod:`.store`
 (store layout, done markers, run signature, resume/refuse/replace, completion).
@@ -38,7 +39,8 @@ engine's planner), :mod:`.worker` (the tasks and the per-worker caches), :mod:`.
 from __future__ import annotations
 
 from ..engine import ReconstructionCancelled
-from .client import ReconstructionFailed, SchedulerUnreachable, reconstruct_to_zarr
+from .client import (ReconstructionFailed, SchedulerUnreachable, iter_reconstruct_to_zarr,
+                     reconstruct_to_zarr)
 from .store import OutputConflict
 
 # Also public, as before the split (tests, benchmarks and docs use them):
@@ -49,6 +51,7 @@ from .worker import METHOD_LOADS, method_loads  # noqa: F401
 
 __all__ = [
     "reconstruct_to_zarr",
+    "iter_reconstruct_to_zarr",
     "ReconstructionFailed",
     "SchedulerUnreachable",
     "OutputConflict",

@@ -13,13 +13,14 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Generator, Iterator
 
 import numpy as np
 
 from .. import grid, io
 from ..engine import ReconstructionCancelled, parse_method_factor, validate_volume
 from ..methods.base import MethodInfo, dtype_value_range
+from ..progress import Progress, drive
 from ..pyramid import auto_levels, level_shape
 from .chunks import _grid_counts, _plan_chunks, _task_stream
 from .store import (_check_existing, _create_store, _done_markers, _fingerprint,
@@ -33,6 +34,8 @@ log = logging.getLogger("napari_zup.distributed")
 #: so a run of millions of chunks needs no more client memory than a small one.
 MIN_IN_FLIGHT = 64
 IN_FLIGHT_PER_THREAD = 4
+#: The message of the cluster runner's progress events.
+_MESSAGE = "chunks written"
 
 
 class ReconstructionFailed(RuntimeError):
@@ -65,15 +68,24 @@ class _Request:
     resume: bool
     value_range: tuple | None
     retries: int
-    progress: Callable[[int, int], None] | None
     cancel: threading.Event | None
     stats: dict | None
     t_start: float
 
 
+def reconstruct_to_zarr(source, out_path, method: str = "linear", factor=2, *,
+                        progress: Callable[[int, int], None] | None = None, **kwargs) -> Path:
+    """Reconstruct ``source`` into the OME-Zarr store ``out_path`` on a dask cluster; returns
+    the output path. Arguments as :func:`iter_reconstruct_to_zarr` (which this runs to its
+    end); ``progress(done, total)`` is called with finished chunks over all levels.
+    """
+    events = iter_reconstruct_to_zarr(source, out_path, method, factor, **kwargs)
+    return drive(events, None if progress is None else lambda ev: progress(ev.done, ev.total))
+
+
 # Over 80 lines only by its signature and docstring (the public API of cluster runs); the
 # body checks the call and starts the cluster, the work is in _run.
-def reconstruct_to_zarr(
+def iter_reconstruct_to_zarr(
     source,
     out_path,
     method: str = "linear",
@@ -94,12 +106,14 @@ def reconstruct_to_zarr(
     unit: str = "nm",
     value_range=None,
     retries: int = 2,
-    progress: Callable[[int, int], None] | None = None,
     cancel: threading.Event | None = None,
     connect_timeout: float = 5.0,
     stats: dict | None = None,
-) -> Path:
-    """Reconstruct ``source`` into the OME-Zarr store ``out_path`` on a dask cluster.
+) -> Generator[Progress, None, Path]:
+    """Reconstruct ``source`` into the OME-Zarr store ``out_path`` on a dask cluster, as a
+    progress generator (:mod:`napari_zup.progress`): yields ``Progress(done, total)`` with the
+    finished chunks over all levels (the first event counts those a resumed run skips) and
+    returns the output path. Nothing is checked or started before the first ``next()``.
 
     ``source``: a path (.zarr / OME-Zarr: pick the level with ``input_level``; .tif/.tiff: read
     lazily through tifffile's zarr interface), an :class:`io.Volume`, or a numpy/dask array
@@ -118,10 +132,9 @@ def reconstruct_to_zarr(
     Resume/overwrite: an existing store of the same run is resumed (``resume=True``) or
     refused; one of another run is refused unless ``overwrite=True`` (then deleted first).
 
-    ``progress(done, total)`` is called with finished chunks over all levels; ``cancel`` (a
-    ``threading.Event``) stops the run (ReconstructionCancelled; the store stays resumable).
-    ``stats``: a dict filled with per-chunk timings (read/compute/write seconds, summed).
-    Returns the output path.
+    ``cancel`` (a ``threading.Event``) stops the run (ReconstructionCancelled; the store
+    stays resumable); closing the generator stops it too. ``stats``: a dict filled with
+    per-chunk timings (read/compute/write seconds, summed) for benchmarks.
     """
     from distributed import Client, LocalCluster
 
@@ -144,8 +157,8 @@ def reconstruct_to_zarr(
         out_shape=(grid.output_length(in_shape[0], f),) + in_shape[1:],
         dtype=np.dtype(src_array.dtype), voxel_size=vox_in, unit=unit, chunks=chunks,
         levels=levels, input_level=input_level, overwrite=overwrite, resume=resume,
-        value_range=value_range, retries=retries, progress=progress, cancel=cancel,
-        stats=stats, t_start=t_start)
+        value_range=value_range, retries=retries, cancel=cancel, stats=stats,
+        t_start=t_start)
 
     own_client = own_cluster = None
     if client is None:
@@ -159,7 +172,7 @@ def reconstruct_to_zarr(
                     processes=processes, dashboard_address=":0", silence_logs=logging.ERROR)
             own_client = client = Client(own_cluster, set_as_default=False)
     try:
-        return _run(client, src, src_array, meta, req)
+        return (yield from _run(client, src, src_array, meta, req))
     finally:
         if own_client is not None:
             own_client.close()
@@ -293,8 +306,9 @@ def _value_range(client, src, src_array, dtype, given):
     return min(p[0] for p in parts), max(p[1] for p in parts)
 
 
-def _run(client, src, src_array, meta: dict, req: _Request) -> Path:
-    """Plan, check or create the store, compute every chunk not done yet, mark complete."""
+def _run(client, src, src_array, meta: dict, req: _Request) -> Generator[Progress, None, Path]:
+    """Plan, check or create the store, compute every chunk not done yet (yielding progress),
+    mark complete."""
     out, f = req.out, req.factor
     params_json = json.dumps(req.params, sort_keys=True)
     try:
@@ -315,8 +329,7 @@ def _run(client, src, src_array, meta: dict, req: _Request) -> Path:
 
     if out.exists() and _check_existing(out, existing, signature, overwrite=req.overwrite,
                                         resume=req.resume):
-        if req.progress:
-            req.progress(total, total)
+        yield Progress(total, total, _MESSAGE)
         if req.stats is not None:
             req.stats.update(total_chunks=total, skipped=total, already_complete=True,
                              seconds=time.perf_counter() - req.t_start, chunks=tuple(chunks),
@@ -334,7 +347,8 @@ def _run(client, src, src_array, meta: dict, req: _Request) -> Path:
                     req.info.needs_checkpoint)
     done = [_done_markers(out, lv) for lv in range(levels)]
     n_skipped = sum(len(d) for d in done)
-    totals = _compute_chunks(client, src, spec, req, geom, counts, done, n_skipped, total)
+    totals = yield from _compute_chunks(client, src, spec, req, geom, counts, done, n_skipped,
+                                        total)
     _mark_complete(out)
     if req.stats is not None:
         req.stats.update(totals)
@@ -362,7 +376,7 @@ def _chunks_and_levels(req: _Request, existing, geom) -> tuple[tuple, int]:
 
 
 def _compute_chunks(client, src, spec: _RunSpec, req: _Request, geom, counts, done,
-                    n_skipped: int, total: int) -> dict:
+                    n_skipped: int, total: int) -> Generator[Progress, None, dict]:
     """Every chunk not marked done, on the cluster; returns the summed per-chunk timings."""
     if isinstance(src, np.ndarray):
         src = client.scatter(src, hash=False)  # once; workers fetch it when they need it
@@ -372,28 +386,27 @@ def _compute_chunks(client, src, spec: _RunSpec, req: _Request, geom, counts, do
             "dask" if hasattr(src, "dask") else "future")
     nthreads = sum(client.nthreads().values()) if hasattr(client, "nthreads") else 0
     window = max(MIN_IN_FLIGHT, IN_FLIGHT_PER_THREAD * nthreads)
-    if req.progress:
-        req.progress(n_skipped, total)
+    yield Progress(n_skipped, total, _MESSAGE)
     totals = {"read": 0.0, "compute": 0.0, "write": 0.0, "cpu": 0.0, "chunks": 0,
               "in_bytes": 0, "out_bytes": 0, "level0_chunks": 0, "level0_compute": 0.0,
               "level0_cpu": 0.0, "by_level": {}}
     tasks = _task_stream(req.in_shape, req.out_shape, req.factor, spec.chunks, geom, counts,
                          done)
-    _submit_and_wait(client, tasks, src, src_kind, spec, req, window=window, n_done=n_skipped,
-                     total=total, totals=totals)
+    yield from _submit_and_wait(client, tasks, src, src_kind, spec, req, window=window,
+                                n_done=n_skipped, total=total, totals=totals)
     return totals
 
 
 def _submit_and_wait(client, tasks, src, src_kind, spec, req: _Request, *, window: int,
-                     n_done: int, total: int, totals: dict) -> None:
-    """Keep at most ``window`` tasks in flight; report progress; stop on cancel or failure."""
+                     n_done: int, total: int, totals: dict) -> Iterator[Progress]:
+    """Keep at most ``window`` tasks in flight; yield progress; stop on cancel or failure."""
     from distributed import as_completed
 
     ac = as_completed([], loop=client.loop, with_results=False)
     pending: set = set()
     by_chunk: dict = {}  # (level, index) -> future, for the z-chunk being submitted
     exhausted = False
-    retries, cancel, progress = req.retries, req.cancel, req.progress
+    retries, cancel = req.retries, req.cancel
 
     def submit(level, index, job, deps):
         if level == 0:
@@ -444,8 +457,7 @@ def _submit_and_wait(client, tasks, src, src_kind, spec, req: _Request, *, windo
                     ) from exc
                 _account(fut.result(), totals)
                 n_done += 1
-                if progress:
-                    progress(n_done, total)
+                yield Progress(n_done, total, _MESSAGE)
     except BaseException:
         for fut in list(pending) + list(by_chunk.values()):
             fut.cancel()
