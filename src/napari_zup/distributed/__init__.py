@@ -31,10 +31,10 @@ How it works:
   is resolved on each worker, so each worker uses its own accelerator.
 
 Modules: :mod:`.client` (``iter_reconstruct_to_zarr``, a progress generator
-(:mod:`napari_zup.progress`), and ``reconstruct_to_zarr`` over it: checks, cluster, submission window),
-:mod:`.chunks` (chunk shapes and each chunk's input region and render calls, from the
-engine's planner), :mod:`.worker` (the tasks and the per-worker caches), :mod:`.store`
-(store layout, done markers, run signature, resume/refuse/replace, completion).
+(:mod:`napari_zup.progress`), and ``reconstruct_to_zarr`` over it: checks, cluster,
+submission window), :mod:`.chunks` (chunk shapes and each chunk's input region and render
+calls, from the engine's planner), :mod:`.worker` (the tasks and the per-worker caches),
+:mod:`.store` (store layout, done markers, run signature, resume/refuse/replace, completion).
 """
 from __future__ import annotations
 
