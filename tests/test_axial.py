@@ -266,3 +266,22 @@ def test_factor_outside_the_checkpoints_training_range_is_flagged(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "warning: the a2i checkpoint" in proc.stderr
+
+
+def test_factor_range_check_reads_only_the_header_without_torch(tmp_path):
+    """factor_warning (auto, the widgets, the CLI) must not import torch or hash tensors: it
+    runs before anything else and in napari's GUI thread."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from napari_zup.checkpoints import factor_warning, peek_metadata, "
+            "default_checkpoint; assert factor_warning('film', 12) is not None; "
+            "assert peek_metadata(default_checkpoint('niiv'))['factor_range'] == [2, 8]; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    from napari_zup.checkpoints import CheckpointError, peek_metadata
+
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        peek_metadata(bad)

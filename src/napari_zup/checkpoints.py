@@ -194,15 +194,38 @@ def read_metadata(path) -> dict[str, Any]:
     return load_checkpoint(path)[1]
 
 
+def peek_metadata(path) -> dict[str, Any]:
+    """Metadata of a safetensors checkpoint from its header alone: no tensors read or hashed,
+    no torch import (milliseconds; for the factor-range check before anything runs). The
+    tensors are checked when the method loads the file (:func:`load_checkpoint`). Other
+    formats fall back to :func:`read_metadata`."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return read_metadata(path)
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            header = f.metadata() or {}
+    except Exception as exc:  # safetensors raises several types for broken files
+        raise CheckpointError(
+            f"checkpoint {path.name!r} is not a readable safetensors file ({exc}); "
+            "it may be truncated or of another format") from None
+    if "zup" not in header:
+        raise CheckpointError(f"checkpoint {path.name!r} has no napari-zup metadata; it was "
+                              "not written by napari_zup.checkpoints.save_checkpoint")
+    return _parse_metadata(path, header["zup"])
+
+
 def factor_warning(method: str, factor, checkpoint=None) -> str | None:
     """A warning when ``factor`` lies outside the factors ``checkpoint`` (default: the bundled
     one) was trained for, else None. Methods without checkpoints, or checkpoints that do not
-    record a range, give None. Reads the metadata with :func:`read_metadata` (checked)."""
+    record a range, give None. Reads only the header (:func:`peek_metadata`)."""
     path = checkpoint or default_checkpoint(method)
     if path is None:
         return None
     try:
-        meta = read_metadata(path)
+        meta = peek_metadata(path)
     except CheckpointError:
         return None  # the method itself reports a broken file when it loads it
     rng = meta.get("factor_range")

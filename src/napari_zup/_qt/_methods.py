@@ -14,7 +14,7 @@ from qtpy.QtWidgets import (
     QLabel,
 )
 
-from ..checkpoints import CheckpointError, default_checkpoint, factor_warning, read_metadata
+from ..checkpoints import CheckpointError, default_checkpoint, factor_warning, peek_metadata
 from ..methods import method_infos
 
 BUNDLED = "bundled"
@@ -28,7 +28,7 @@ def checkpoint_summary(method: str, path=None, short: bool = False) -> str:
     if path is None:
         return "no bundled checkpoint: choose a file (zup train)"
     try:
-        meta = read_metadata(path)
+        meta = peek_metadata(path)  # header only: no torch import in the GUI thread
     except (CheckpointError, OSError) as exc:
         return f"unreadable checkpoint: {exc}"
     parts = []
