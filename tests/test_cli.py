@@ -228,3 +228,33 @@ def test_ctrl_c_then_the_same_command_resumes_bit_identically(tmp_path):
     assert "already complete" in done.stderr
     other = zup(*[out if a is None else a for a in args[:-2]], "--factor", "2", check=False)
     assert other.returncode == 2 and "factor" in other.stderr and "--overwrite" in other.stderr
+
+
+def test_texture_flag_reaches_film_and_is_refused_where_it_does_not_apply(tmp_path):
+    import subprocess
+    import sys
+
+    import tifffile
+
+    from napari_zup._sample_data import sample_path
+    from napari_zup.evaluation import high_frequency_energy
+    from napari_zup.io import read_volume
+
+    src = tmp_path / "a.tif"
+    v = np.asarray(read_volume(sample_path()).data)[:9:4, :96, :96]
+    tifffile.imwrite(src, v, imagej=True, resolution=(0.1, 0.1),
+                     metadata={"spacing": 40.0, "unit": "nm"})
+    bad = subprocess.run([sys.executable, "-m", "napari_zup.cli", "reconstruct", str(src),
+                          str(tmp_path / "l.tif"), "--method", "linear", "--factor", "4",
+                          "--texture", "0.8"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--texture" in bad.stderr and "film" in bad.stderr
+    assert not (tmp_path / "l.tif").exists()
+    out = tmp_path / "f.tif"
+    ok = subprocess.run([sys.executable, "-m", "napari_zup.cli", "reconstruct", str(src),
+                         str(out), "--method", "film", "--factor", "4", "--texture", "0.8"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    r = tifffile.imread(out).astype(np.float64)
+    ratio = (np.mean([high_frequency_energy(r[k]) for k in (1, 2, 3, 5, 6, 7)])
+             / np.mean([high_frequency_energy(r[k]) for k in (0, 4, 8)]))
+    assert 0.6 < ratio < 1.0, ratio

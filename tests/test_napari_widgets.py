@@ -372,3 +372,31 @@ def test_a_run_that_fails_at_once_says_why_and_leaves_no_layer(
     assert list(viewer.layers) == [layer]
     assert any("failed" in m and "broken.safetensors" in m for m in notes), notes
     assert w.run_button.isEnabled()
+
+
+def test_texture_box_only_for_methods_that_take_it_and_reaches_the_method(qtbot,
+                                                                            viewer_with_sample):
+    """The Reconstruct widget's texture box follows MethodInfo.texture (film, tsain), passes
+    texture=TEXTURE_RATIO to the method, and the result carries the knots' texture."""
+    from napari_zup._qt import ReconstructWidget
+    from napari_zup._qt._reconstruct import TEXTURE_RATIO
+    from napari_zup.evaluation import high_frequency_energy
+
+    viewer, layer = viewer_with_sample
+    w = ReconstructWidget(viewer)
+    w.method_combo.setCurrentText("linear")
+    assert not w.texture_check.isEnabled()
+    w.method_combo.setCurrentText("film")
+    assert w.texture_check.isEnabled() and not w.texture_check.isChecked()
+    assert "texture" not in w.method_params()
+    w.texture_check.setChecked(True)
+    assert w.method_params()["texture"] == TEXTURE_RATIO
+    layer.data = np.ascontiguousarray(layer.data[:3])     # 3 knots: a short film run
+    run = w.start()
+    _wait_done(qtbot, run)
+    out = np.asarray(run.layer.data, np.float64)
+    knots = np.mean([high_frequency_energy(out[k]) for k in (0, 4, 8)])
+    restored = np.mean([high_frequency_energy(out[k]) for k in (1, 2, 3, 5, 6, 7)])
+    assert 0.6 < restored / knots < 1.0, restored / knots
+    w.method_combo.setCurrentText("linear")
+    assert not w.texture_check.isChecked()                # never passed to another method

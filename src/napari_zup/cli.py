@@ -334,6 +334,11 @@ def _add_reconstruct_parser(sub) -> None:
     r.add_argument("--device", default="auto", help="learned methods: auto, cpu, cuda, mps")
     r.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="extra method parameter (repeatable)")
+    r.add_argument("--texture", type=float, default=None, metavar="RATIO",
+                   help="film, tsain: add the nearest knot's fine texture back so that restored "
+                   "slices have RATIO x the knots' high-frequency energy (e.g. 0.8: no banding in "
+                   "xz/yz; costs PSNR, see docs/learned-interpolation.md). Default: off, the "
+                   "most faithful output")
     _add_farneback(r)
     _add_voxel_size(r)
     r.add_argument("--overwrite", action="store_true", help="replace an existing output")

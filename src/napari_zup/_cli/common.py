@@ -67,6 +67,8 @@ def parse_params(args) -> dict:
             params[name] = value
     if getattr(args, "checkpoint", None):
         params["checkpoint"] = args.checkpoint
+    if getattr(args, "texture", None) is not None:
+        params["texture"] = args.texture
     if getattr(args, "device", None) and args.device != "auto":
         params["device"] = args.device
     return params
@@ -81,7 +83,9 @@ def _method_params(method: str, params: dict) -> dict:
     info = get_info(method)
     out = {}
     for k, v in params.items():
-        if k in FARNEBACK_KEYS and not info.name.startswith("of-"):
+        if k in FARNEBACK_KEYS and not info.has_flows:
+            continue
+        if k == "texture" and not info.texture:
             continue
         if k in ("checkpoint", "device") and not info.needs_checkpoint:
             continue
@@ -101,9 +105,12 @@ def _refuse_unused(methods: list[str], params: dict) -> None:
         _fail(f"--device: {names} {'runs' if len(infos) == 1 else 'run'} on the CPU only; "
               "--device applies to learned methods")
     used = [k for k in params if k in FARNEBACK_KEYS]
-    if used and not any(i.name.startswith("of-") for i in infos):
-        _fail(f"Farnebäck parameter {used[0]!r} applies to of-linear and of-cubic, not "
-              f"{names}")
+    if used and not any(i.has_flows for i in infos):
+        _fail(f"Farnebäck parameter {used[0]!r} applies to "
+              f"{', '.join(i.name for i in method_infos() if i.has_flows)}, not {names}")
+    if params.get("texture") is not None and not any(i.texture for i in infos):
+        _fail(f"--texture: {names} {'takes' if len(infos) == 1 else 'take'} no texture option "
+              f"({', '.join(i.name for i in method_infos() if i.texture)} do)")
 
 
 def _check_method(method: str, params: dict) -> None:

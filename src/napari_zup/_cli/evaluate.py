@@ -191,6 +191,11 @@ def add_evaluate_parser(sub) -> None:
     e.add_argument("--checkpoint", help="checkpoint for a learned method (one at a time)")
     e.add_argument("--device", default="auto")
     e.add_argument("--param", action="append", metavar="KEY=VALUE")
+    e.add_argument("--texture", type=float, default=None, metavar="RATIO",
+                   help="film, tsain: add the nearest knot's fine texture back so that restored "
+                   "slices have RATIO x the knots' high-frequency energy (e.g. 0.8: no banding in "
+                   "xz/yz; costs PSNR, see docs/learned-interpolation.md). Default: off, the "
+                   "most faithful output")
     e.add_argument("--overwrite", action="store_true")
     _add_farneback(e)
     _add_voxel_size(e)

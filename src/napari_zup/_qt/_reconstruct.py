@@ -59,6 +59,9 @@ ENGINE_ON_DEMAND = "on demand (computes what you view)"
 ENGINES = (ENGINE_THREADS, ENGINE_ON_DEMAND, ENGINE_LOCAL, ENGINE_SCHEDULER)
 
 
+#: Texture ratio of the "texture" box (docs/learned-interpolation.md, "Texture").
+TEXTURE_RATIO = 0.8
+
 class ReconstructWidget(DockWidget):
     """Pick a 3D image layer, a method and a factor; Run streams the result into a new layer.
 
@@ -124,6 +127,11 @@ class ReconstructWidget(DockWidget):
         self.vector_step.setRange(4, 256)
         self.vector_step.setValue(16)
         self.vector_step.setSuffix(" px grid")
+        self.texture_check = QCheckBox(f"texture ({TEXTURE_RATIO:g} of the knots')")
+        self.texture_check.setToolTip(
+            "film, tsain: add the nearest knot's fine texture back to the restored slices, so "
+            "xz/yz views show no banding (smooth rows between textured knots). Costs PSNR "
+            "(docs/learned-interpolation.md); off = the most faithful output")
         self.follow_check = QCheckBox("follow the newest slice")
         self.follow_check.setChecked(True)
 
@@ -167,6 +175,7 @@ class ReconstructWidget(DockWidget):
         form.addRow("device", self.device_combo)
         form.addRow("tile size", self.tile_spin)
         form.addRow("flow", self.flow_check)
+        form.addRow("texture", self.texture_check)
         form.addRow("vectors", self.vector_step)
         form.addRow("", self.follow_check)
         form.addRow("run on", self.engine_combo)
@@ -258,6 +267,8 @@ class ReconstructWidget(DockWidget):
             self.device_combo.setEnabled(len(devices) > 1)
             self.flow_check.setChecked(False)
             self.flow_check.setEnabled(False)
+            self.texture_check.setChecked(False)
+            self.texture_check.setEnabled(False)
             return
         info = get_info(name)
         self.method_desc.setText(info.description)
@@ -276,9 +287,12 @@ class ReconstructWidget(DockWidget):
         devices = [d for d in available_devices() if d in info.devices] or ["cpu"]
         self.device_combo.addItems(devices)
         self.device_combo.setEnabled(len(devices) > 1)
-        self.flow_check.setEnabled(name.startswith("of-"))
-        if not name.startswith("of-"):
+        self.flow_check.setEnabled(info.has_flows)
+        if not info.has_flows:
             self.flow_check.setChecked(False)
+        self.texture_check.setEnabled(info.texture)
+        if not info.texture:
+            self.texture_check.setChecked(False)
 
     # -- engine -----------------------------------------------------------------------------
 
@@ -346,6 +360,8 @@ class ReconstructWidget(DockWidget):
             return None
         choice = self.checkpoint_combo.currentText()
         params = {"device": self.device_combo.currentText()}
+        if info.texture and self.texture_check.isChecked():
+            params["texture"] = TEXTURE_RATIO
         if choice == CHOOSE_FILE or not choice:
             raise ValueError(f"method {name!r} needs a checkpoint: choose a file")
         if choice != BUNDLED:

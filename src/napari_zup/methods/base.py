@@ -37,6 +37,11 @@ class MethodInfo:
     #: twice the spacing on 2 CPU cores (measured; 0 = negligible). ``--method auto`` predicts
     #: from it whether scoring a candidate fits its time budget, before starting it.
     sample_cost: float = 0.0
+    #: The method takes the Farnebäck flow parameters and can show its flows (Flow, vectors).
+    has_flows: bool = False
+    #: The method takes ``texture=RATIO`` (``--texture``; the widgets' "texture" box): the
+    #: knots' fine texture is added back to the restored slices (docs/learned-interpolation.md).
+    texture: bool = False
 
 
 @dataclass

@@ -81,14 +81,14 @@ class _OpticalFlowBase(Method):
 
 class OFLinear(_OpticalFlowBase):
     info = MethodInfo(
-        name="of-linear", kind="pair", fractional=True, min_slices=2, sample_cost=0.7,
+        name="of-linear", kind="pair", fractional=True, min_slices=2, sample_cost=0.7, has_flows=True,
         description="Farnebäck-flow-compensated linear interpolation (OF-FIBSEM eq. 40).",
     )
 
 
 class OFCubic(_OpticalFlowBase):
     info = MethodInfo(
-        name="of-cubic", kind="pair", fractional=True, min_slices=2, sample_cost=1.2,
+        name="of-cubic", kind="pair", fractional=True, min_slices=2, sample_cost=1.2, has_flows=True,
         description="Farnebäck-flow-compensated Catmull-Rom cubic over four slices (eqs. 41-42).",
     )
     cubic = True
