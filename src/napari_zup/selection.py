@@ -20,7 +20,9 @@ reason says why. Qt-free: the CLI and the Reconstruct widget both call :func:`ch
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
@@ -190,6 +192,138 @@ def _speed(parts: dict, crop_shape) -> float:
     return max(1.0, max(ratios)) if ratios else 1.0
 
 
+def _checked(volume, budget) -> tuple[float, tuple[int, ...]]:
+    """The budget as a float and the stack's (z, y, x) shape; ValueError naming what is wrong."""
+    budget = BUDGET if budget is None else float(budget)
+    if not budget >= 0:
+        raise ValueError(f"the auto budget must be a fraction >= 0, got {budget}")
+    shape = tuple(int(s) for s in np.shape(volume))
+    if len(shape) != 3:
+        raise ValueError(f"auto needs a 3D stack (z, y, x), got shape {shape}")
+    if shape[0] < SELF_EVAL_MIN_SECTIONS:
+        raise ValueError(
+            f"auto chooses by self-evaluation, which needs at least {SELF_EVAL_MIN_SECTIONS} "
+            f"sections; this stack has {shape[0]}. Pick a method instead (see `zup methods`)")
+    return budget, shape
+
+
+def _runnable(names, f, n_sec: int, method_params: dict) -> tuple[list[str], dict[str, str]]:
+    """Candidates to score, in scoring order, and those already skipped (name -> reason)."""
+    skipped: dict[str, str] = {}
+    runnable = []
+    for m in names:  # learned ones are checked when their turn comes (reading a checkpoint
+        # imports torch: seconds that a candidate skipped for time should not cost)
+        why = None if is_learned(m) else _skip_reason(m, f, n_sec, method_params.get(m) or {})
+        if why:
+            skipped[m] = why
+        else:
+            runnable.append(m)
+    # cheap and needed as the guard first (classical/optical flow), then learned pair
+    # interpolators, then learned axial restorers (whose sample costs most)
+    runnable.sort(key=lambda m: (is_learned(m), get_info(m).sample_cost))
+    return runnable, skipped
+
+
+@dataclass
+class _Sampling:
+    """One choice in progress: what it samples and with what limits, what it has scored
+    (``parts``: one score per crop) and skipped so far."""
+
+    factor: Fraction
+    n_sec: int
+    crop_shape: tuple[int, int]
+    budget: float
+    method_params: dict
+    #: (h * w) / (crop h * crop w) and the restored slices of the whole run (see :meth:`est`)
+    area_ratio: float
+    n_restored_full: int
+    t_start: float
+    total: int
+    cancel: object  # a threading.Event or None
+    on_progress: Callable | None
+    runnable: list[str]
+    skipped: dict[str, str]
+    parts: dict[str, list[MethodScore]]
+    methods: dict = field(default_factory=dict)
+    done: int = 0
+    n_crops: int = 0
+
+    def est(self, score: MethodScore) -> float:
+        """Time per restored crop slice (= per interval) -> the whole run."""
+        return score.seconds_per_slice * self.area_ratio * self.n_restored_full
+
+
+def _learned_skip_reason(s: _Sampling, m: str) -> str | None:
+    """Why learned candidate ``m`` is not scored (on the first crop): what makes it unfit
+    first, then the time; None when it is scored."""
+    why = _skip_reason(m, s.factor, s.n_sec, s.method_params.get(m) or {})
+    if why or not any(s.parts.values()):
+        return why
+    # predicted before it starts: a candidate that cannot fit the budget (a share of the
+    # reconstruction with the method winning so far) is skipped, not started
+    spent = time.perf_counter() - s.t_start
+    merged = {k: p[0] for k, p in s.parts.items() if p}
+    winner = rank(merged)[0]
+    allowed = max(MIN_BUDGET_S, s.budget * s.est(merged[winner]))
+    need = predicted_cost(m, s.crop_shape, s.n_sec // 2, _speed(s.parts, s.crop_shape))
+    if spent + need > allowed:
+        return (f"over the time budget: scoring it would take about {need:.0f} s, "
+                f"{spent:.1f} s of {allowed:.1f} s already spent (budget "
+                f"{s.budget:.0%} of the estimated reconstruction with "
+                f"{winner}; --auto-budget to raise it)")
+    return None
+
+
+def _score_crop(s: _Sampling, crop) -> None:
+    """Score every runnable candidate on one crop into ``s.parts``. A candidate that fails is
+    dropped, and so, on the first crop, is a learned one that is unfit or over the budget
+    (both into ``s.skipped``)."""
+    for m in list(s.runnable):
+        if s.cancel is not None and s.cancel.is_set():
+            raise ReconstructionCancelled("auto choice cancelled")
+        if not s.n_crops and is_learned(m):
+            why = _learned_skip_reason(s, m)
+            if why:
+                s.skipped[m] = why
+                s.runnable.remove(m)
+                s.parts.pop(m, None)
+                s.done += 1
+                continue
+        try:
+            if m not in s.methods:
+                s.methods[m] = create_method(m, **(s.method_params.get(m) or {}))
+            score = self_evaluate(crop, s.methods[m], cancel=s.cancel)[0]
+        except (ValueError, RuntimeError, OSError, MemoryError) as exc:
+            s.skipped[m] = f"failed on the sample: {exc}"
+            s.runnable.remove(m)
+            s.parts.pop(m, None)
+            continue
+        finally:
+            s.done += 1
+            if s.on_progress is not None:
+                s.on_progress(Progress(s.done, s.total, f"auto: {m}, crop {s.n_crops + 1}"))
+        s.parts[m].append(score)
+
+
+def _choice(s: _Sampling, zs: slice, shape, estimate: float) -> Choice:
+    """The :class:`Choice` from the scores of every crop, with its table and sample line."""
+    z, h, w = shape
+    ch, cw = s.crop_shape
+    scores = {m: _merge(p) for m, p in s.parts.items()}
+    method, reason = rank(scores)
+    seconds = time.perf_counter() - s.t_start
+    sample = (f"sections {zs.start}-{zs.stop - 1} of {z}, {s.n_crops} crop(s) of {ch} x {cw} "
+              f"of {h} x {w}; {seconds:.1f} s")
+    if estimate > 0:
+        sample += (f", about {seconds / estimate:.0%} of the estimated {estimate:.0f} s "
+                   f"reconstruction with {method}")
+    lines = [format_table(scores, 2, f"auto: {SELF_EVAL_LABEL}, {sample}")]
+    lines += [f"{m:<12} skipped: {r}" for m, r in s.skipped.items()]
+    return Choice(method=method, reason=reason + " (scores at twice the real spacing)",
+                  scores=scores, table="\n".join(lines), sample=sample, skipped=s.skipped,
+                  seconds=seconds)
+
+
 def choose_method(volume, factor, *, candidates=None, method_params=None, cancel=None,
                   on_progress=None, budget: float | None = None) -> Choice:
     """Self-evaluate ``candidates`` (default: every registered method) on a bounded sample of
@@ -206,123 +340,43 @@ def choose_method(volume, factor, *, candidates=None, method_params=None, cancel
     Raises ValueError when the stack has fewer than 5 sections or no candidate can run.
     """
     t_start = time.perf_counter()
-    budget = BUDGET if budget is None else float(budget)
-    if not budget >= 0:
-        raise ValueError(f"the auto budget must be a fraction >= 0, got {budget}")
-    shape = tuple(int(s) for s in np.shape(volume))
-    if len(shape) != 3:
-        raise ValueError(f"auto needs a 3D stack (z, y, x), got shape {shape}")
+    budget, shape = _checked(volume, budget)
     z, h, w = shape
-    if z < SELF_EVAL_MIN_SECTIONS:
-        raise ValueError(
-            f"auto chooses by self-evaluation, which needs at least {SELF_EVAL_MIN_SECTIONS} "
-            f"sections; this stack has {z}. Pick a method instead (see `zup methods`)")
     f = grid.parse_factor(factor)
     method_params = method_params or {}
     names = list(candidates) if candidates is not None else [i.name for i in method_infos()]
     zs = sample_sections(z)
     n_sec = zs.stop - zs.start
-    skipped: dict[str, str] = {}
-    runnable = []
-    for m in names:  # learned ones are checked when their turn comes (reading a checkpoint
-        # imports torch: seconds that a candidate skipped for time should not cost)
-        why = None if is_learned(m) else _skip_reason(m, f, n_sec, method_params.get(m) or {})
-        if why:
-            skipped[m] = why
-        else:
-            runnable.append(m)
-    # cheap and needed as the guard first (classical/optical flow), then learned pair
-    # interpolators, then learned axial restorers (whose sample costs most)
-    runnable.sort(key=lambda m: (is_learned(m), get_info(m).sample_cost))
+    runnable, skipped = _runnable(names, f, n_sec, method_params)
     corners, (ch, cw) = sample_crops(h, w)
     # At F = 2 the sample restores one slice per interval; a pair method's cost is mostly per
     # interval (flows, features), so the run is estimated per interval, never above its number
     # of restored slices: an underestimate, which keeps the sample within the budget.
     n_restored_full = min(len(grid.restored_output_indices(z, f)), z - 1)
-    area_ratio = (h * w) / (ch * cw)
-    parts: dict[str, list[MethodScore]] = {m: [] for m in runnable}
-
-    def est(score: MethodScore) -> float:
-        """Time per restored crop slice (= per interval) -> the whole run."""
-        return score.seconds_per_slice * area_ratio * n_restored_full
-
-    def parts_scored(ps) -> bool:
-        return any(ps.values())
-
-    methods = {}
-    total, done = len(runnable) * len(corners), 0
-    n_crops, estimate = 0, float("nan")
+    s = _Sampling(factor=f, n_sec=n_sec, crop_shape=(ch, cw), budget=budget,
+                  method_params=method_params, area_ratio=(h * w) / (ch * cw),
+                  n_restored_full=n_restored_full, t_start=t_start,
+                  total=len(runnable) * len(corners), cancel=cancel, on_progress=on_progress,
+                  runnable=runnable, skipped=skipped, parts={m: [] for m in runnable})
+    estimate = float("nan")
     try:
         for y, x in corners:
-            if n_crops:  # add a crop only while the budget still allows one more
+            if s.n_crops:  # add a crop only while the budget still allows one more
                 spent = time.perf_counter() - t_start
-                if spent / n_crops * (n_crops + 1) > max(MIN_BUDGET_S, budget * estimate):
+                if spent / s.n_crops * (s.n_crops + 1) > max(MIN_BUDGET_S, budget * estimate):
                     break
-            crop = np.asarray(volume[zs, y:y + ch, x:x + cw])
-            for m in list(runnable):
-                if cancel is not None and cancel.is_set():
-                    raise ReconstructionCancelled("auto choice cancelled")
-                why = None
-                if not n_crops and is_learned(m):  # what makes it unfit first, then the time
-                    why = _skip_reason(m, f, n_sec, method_params.get(m) or {})
-                if not n_crops and is_learned(m) and parts_scored(parts) and not why:
-                    # predicted before it starts: a candidate that cannot fit the budget
-                    # (a share of the reconstruction with the method winning so far) is
-                    # skipped, not started
-                    spent = time.perf_counter() - t_start
-                    merged = {k: p[0] for k, p in parts.items() if p}
-                    allowed = max(MIN_BUDGET_S, budget * est(merged[rank(merged)[0]]))
-                    need = predicted_cost(m, (ch, cw), n_sec // 2, _speed(parts, (ch, cw)))
-                    if spent + need > allowed:
-                        why = (f"over the time budget: scoring it would take about {need:.0f} s, "
-                               f"{spent:.1f} s of {allowed:.1f} s already spent (budget "
-                               f"{budget:.0%} of the estimated reconstruction with "
-                               f"{rank(merged)[0]}; --auto-budget to raise it)")
-                if not n_crops and is_learned(m):
-                    if why:
-                        skipped[m] = why
-                        runnable.remove(m)
-                        parts.pop(m, None)
-                        done += 1
-                        continue
-                try:
-                    if m not in methods:
-                        methods[m] = create_method(m, **(method_params.get(m) or {}))
-                    score = self_evaluate(crop, methods[m], cancel=cancel)[0]
-                except (ValueError, RuntimeError, OSError, MemoryError) as exc:
-                    skipped[m] = f"failed on the sample: {exc}"
-                    runnable.remove(m)
-                    parts.pop(m, None)
-                    continue
-                finally:
-                    done += 1
-                    if on_progress is not None:
-                        on_progress(Progress(done, total, f"auto: {m}, crop {n_crops + 1}"))
-                parts[m].append(score)
-            n_crops += 1
-            if not parts:
+            _score_crop(s, np.asarray(volume[zs, y:y + ch, x:x + cw]))
+            s.n_crops += 1
+            if not s.parts:
                 break
-            merged = {m: _merge(p) for m, p in parts.items()}
-            winner, _ = rank(merged)
-            estimate = est(merged[winner])
+            merged = {m: _merge(p) for m, p in s.parts.items()}
+            estimate = s.est(merged[rank(merged)[0]])
     finally:
-        for obj in methods.values():
+        for obj in s.methods.values():
             obj.close()
-    if on_progress is not None and done < total:  # fewer crops than the upper bound
-        on_progress(Progress(total, total, f"auto: {n_crops} crop(s) scored"))
-    if not parts:
+    if on_progress is not None and s.done < s.total:  # fewer crops than the upper bound
+        on_progress(Progress(s.total, s.total, f"auto: {s.n_crops} crop(s) scored"))
+    if not s.parts:
         raise ValueError("auto: no candidate method could run on this stack: " + "; ".join(
             f"{m}: {r}" for m, r in skipped.items()))
-    scores = {m: _merge(p) for m, p in parts.items()}
-    method, reason = rank(scores)
-    seconds = time.perf_counter() - t_start
-    sample = (f"sections {zs.start}-{zs.stop - 1} of {z}, {n_crops} crop(s) of {ch} x {cw} "
-              f"of {h} x {w}; {seconds:.1f} s")
-    if estimate > 0:
-        sample += (f", about {seconds / estimate:.0%} of the estimated {estimate:.0f} s "
-                   f"reconstruction with {method}")
-    lines = [format_table(scores, 2, f"auto: {SELF_EVAL_LABEL}, {sample}")]
-    lines += [f"{m:<12} skipped: {r}" for m, r in skipped.items()]
-    return Choice(method=method, reason=reason + " (scores at twice the real spacing)",
-                  scores=scores, table="\n".join(lines), sample=sample, skipped=skipped,
-                  seconds=seconds)
+    return _choice(s, zs, shape, estimate)
