@@ -277,6 +277,8 @@ def iter_reconstruct(
         events.close()
 
 
+# Long because it is one generator: the pool, the slabs submitted ahead and the cancel checks
+# share the state that its `finally` must cancel and close; split, that state would be spread.
 def reconstruct_events(
     volume,
     method: str | Method = "linear",

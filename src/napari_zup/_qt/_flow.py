@@ -113,7 +113,28 @@ class FlowWidget(DockWidget):
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self.compute)
         self.last_stats: dict = {}
+        self._build_form()
+        self._build_legend_and_buttons()
+        for w in (self.pyr_scale, self.levels, self.winsize, self.iterations, self.poly_sigma,
+                  self.step, self.z0, self.z1):
+            w.valueChanged.connect(self._changed)
+        self.poly_n.currentIndexChanged.connect(self._changed)
+        self.mode.currentIndexChanged.connect(self._changed)
+        self.colours.currentIndexChanged.connect(self._place_colours)
+        self._length_auto = True
+        self._step_auto = True
+        self._window_auto = True
+        self.length.valueChanged.connect(self._set_length)
+        self.length.valueChanged.connect(lambda *_: setattr(self, "_length_auto", False))
+        self.step.valueChanged.connect(lambda *_: setattr(self, "_step_auto", False))
+        self.winsize.valueChanged.connect(lambda *_: setattr(self, "_window_auto", False))
+        self.layer_combo.currentIndexChanged.connect(self._layer_changed)
+        self.compute_button.clicked.connect(self.compute)
+        self.viewer.dims.events.current_step.connect(self._dims_changed)
+        self._layer_changed()
 
+    def _build_form(self):
+        """Image, slices and the Farneback and display parameters."""
         form = QFormLayout()
         self.layer_combo = LayerCombo(self.viewer)
         self.mode = QComboBox()
@@ -153,6 +174,9 @@ class FlowWidget(DockWidget):
         form.addRow("vector length ×", self.length)
         form.addRow("colour flow", self.colours)
         self.layout().addLayout(form)
+
+    def _build_legend_and_buttons(self):
+        """The window note, the colour-wheel legend, "update at once", Compute, status."""
         self.window_note = wrap_label()
         self.window_note.setStyleSheet("color: #a0a0a0")
         self.layout().addWidget(self.window_note)
@@ -178,24 +202,6 @@ class FlowWidget(DockWidget):
         self.status = wrap_label()
         self.layout().addWidget(self.status)
         self.layout().addStretch(1)
-
-        for w in (self.pyr_scale, self.levels, self.winsize, self.iterations, self.poly_sigma,
-                  self.step, self.z0, self.z1):
-            w.valueChanged.connect(self._changed)
-        self.poly_n.currentIndexChanged.connect(self._changed)
-        self.mode.currentIndexChanged.connect(self._changed)
-        self.colours.currentIndexChanged.connect(self._place_colours)
-        self._length_auto = True
-        self._step_auto = True
-        self._window_auto = True
-        self.length.valueChanged.connect(self._set_length)
-        self.length.valueChanged.connect(lambda *_: setattr(self, "_length_auto", False))
-        self.step.valueChanged.connect(lambda *_: setattr(self, "_step_auto", False))
-        self.winsize.valueChanged.connect(lambda *_: setattr(self, "_window_auto", False))
-        self.layer_combo.currentIndexChanged.connect(self._layer_changed)
-        self.compute_button.clicked.connect(self.compute)
-        self.viewer.dims.events.current_step.connect(self._dims_changed)
-        self._layer_changed()
 
     @staticmethod
     def _ispin(lo, hi, value, step=1):

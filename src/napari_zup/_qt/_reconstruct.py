@@ -1,9 +1,8 @@
 """Reconstruct widget: one image layer -> a new, isotropic layer that streams in live."""
 from __future__ import annotations
 
-import time
-
 import os
+import time
 from pathlib import Path
 
 from qtpy.QtWidgets import (
@@ -14,7 +13,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLineEdit,
-    QPlainTextEdit,
     QPushButton,
     QSpinBox,
     QWidget,
@@ -34,20 +32,13 @@ from ._common import (
     notify_warning,
     wrap_label,
 )
+from ._auto import AUTO, AUTO_DESCRIPTION, choice_table, choose
 from ._cluster_run import ClusterRun, suggest_output
 from ._on_demand import OnDemandRun
 from ._run import StreamingRun
 
 CHOOSE_FILE = "Choose a file…"
 BUNDLED = "bundled default"
-#: Method-list entry that self-evaluates the methods on a sample and runs the winner.
-AUTO = "auto"
-AUTO_DESCRIPTION = (
-    "Self-evaluates every method on a small sample of this stack (a few sections and tiles: "
-    "keep every second section, restore the others), shows the table, then reconstructs "
-    "with the winner. A learned method is chosen only when it beats the best classical / "
-    "optical-flow one in PSNR and SSIM.")
-
 #: Where a run computes: napari's own threads (result in memory, or a temporary store), or a
 #: dask cluster writing an OME-Zarr store (same engine as ``zup reconstruct --workers/
 #: --scheduler``).
@@ -58,9 +49,9 @@ ENGINE_SCHEDULER = "dask: scheduler address"
 ENGINE_ON_DEMAND = "on demand (computes what you view)"
 ENGINES = (ENGINE_THREADS, ENGINE_ON_DEMAND, ENGINE_LOCAL, ENGINE_SCHEDULER)
 
-
 #: Texture ratio of the "texture" box (docs/learned-interpolation.md, "Texture").
 TEXTURE_RATIO = 0.8
+
 
 class ReconstructWidget(DockWidget):
     """Pick a 3D image layer, a method and a factor; Run streams the result into a new layer.
@@ -76,8 +67,44 @@ class ReconstructWidget(DockWidget):
         self._checkpoint_file: str | None = None
         self._output_auto = True
         self._last_status = 0.0
+        #: Methods ``auto`` chooses from (None: every registered method).
+        self.auto_candidates = None
+        self.choice = None
+        self._auto_worker = None
+        self._choosing = False
+        self._build_form()
+        self.add_run_buttons()
+        self.add_progress()
+        self.auto_table = choice_table()
+        self.layout().addWidget(self.auto_table)
+        self.layout().addStretch(1)
+        self._connect()
 
+    def _build_form(self):
+        factor_row = self._build_method_widgets()
+        self._build_engine_widgets()
         form = QFormLayout()
+        form.addRow("image", self.layer_combo)
+        form.addRow("", self.layer_info)
+        form.addRow("method", self.method_combo)
+        form.addRow("", self.method_desc)
+        form.addRow("factor", factor_row)
+        form.addRow("checkpoint", self.checkpoint_combo)
+        form.addRow("device", self.device_combo)
+        form.addRow("tile size", self.tile_spin)
+        form.addRow("flow", self.flow_check)
+        form.addRow("texture", self.texture_check)
+        form.addRow("vectors", self.vector_step)
+        form.addRow("", self.follow_check)
+        form.addRow("run on", self.engine_combo)
+        form.addRow("workers", self.workers_spin)
+        form.addRow("scheduler", self.scheduler_edit)
+        form.addRow("output", self.output_row)
+        self.form = form
+        self.layout().addLayout(form)
+
+    def _build_method_widgets(self) -> QWidget:
+        """The widgets of the rows "image" to "follow"; returns the factor row."""
         self.layer_combo = LayerCombo(self.viewer)
         self.layer_info = wrap_label()
         self.method_combo = QComboBox()
@@ -87,11 +114,6 @@ class ReconstructWidget(DockWidget):
         self.method_combo.addItem(AUTO)
         self.method_combo.setItemData(self.method_combo.count() - 1, AUTO_DESCRIPTION, 3)
         self.method_combo.setCurrentText("of-linear")
-        #: Methods ``auto`` chooses from (None: every registered method).
-        self.auto_candidates = None
-        self.choice = None
-        self._auto_worker = None
-        self._choosing = False
         self.method_desc = wrap_label()
         self.factor_spin = QDoubleSpinBox()
         self.factor_spin.setDecimals(3)
@@ -109,7 +131,6 @@ class ReconstructWidget(DockWidget):
         factor_row = QWidget()
         factor_row.setLayout(frow)
         frow.setContentsMargins(0, 0, 0, 0)
-
         self.checkpoint_combo = QComboBox()
         self.checkpoint_combo.setToolTip("Weights of a learned method: the file shipped with "
                                          "napari-zup, or one you trained (zup train)")
@@ -134,7 +155,10 @@ class ReconstructWidget(DockWidget):
             "(docs/learned-interpolation.md); off = the most faithful output")
         self.follow_check = QCheckBox("follow the newest slice")
         self.follow_check.setChecked(True)
+        return factor_row
 
+    def _build_engine_widgets(self):
+        """The widgets of the rows "run on" to "output": where a run computes."""
         self.engine_combo = QComboBox()
         self.engine_combo.addItems(ENGINES)
         self.engine_combo.setToolTip(
@@ -166,38 +190,7 @@ class ReconstructWidget(DockWidget):
         self.output_row = QWidget()
         self.output_row.setLayout(orow)
 
-        form.addRow("image", self.layer_combo)
-        form.addRow("", self.layer_info)
-        form.addRow("method", self.method_combo)
-        form.addRow("", self.method_desc)
-        form.addRow("factor", factor_row)
-        form.addRow("checkpoint", self.checkpoint_combo)
-        form.addRow("device", self.device_combo)
-        form.addRow("tile size", self.tile_spin)
-        form.addRow("flow", self.flow_check)
-        form.addRow("texture", self.texture_check)
-        form.addRow("vectors", self.vector_step)
-        form.addRow("", self.follow_check)
-        form.addRow("run on", self.engine_combo)
-        form.addRow("workers", self.workers_spin)
-        form.addRow("scheduler", self.scheduler_edit)
-        form.addRow("output", self.output_row)
-        self.form = form
-        self.layout().addLayout(form)
-
-        self.add_run_buttons()
-        self.add_progress()
-        # the choice's table: monospace, scrolls sideways instead of widening the dock
-        self.auto_table = QPlainTextEdit()
-        self.auto_table.setReadOnly(True)
-        self.auto_table.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
-        self.auto_table.setStyleSheet("font-family: monospace; font-size: 8pt")
-        self.auto_table.setMinimumWidth(10)
-        self.auto_table.setFixedHeight(14 * self.auto_table.fontMetrics().height() + 12)
-        self.auto_table.setVisible(False)
-        self.layout().addWidget(self.auto_table)
-        self.layout().addStretch(1)
-
+    def _connect(self):
         self.layer_combo.currentIndexChanged.connect(self._layer_changed)
         self.method_combo.currentTextChanged.connect(self._method_changed)
         self.factor_from_scale.clicked.connect(self._prefill_factor)
@@ -503,7 +496,7 @@ class ReconstructWidget(DockWidget):
         self.progress_bar.setVisible(True)
         self.status.setText("auto: self-evaluating the methods on a sample of the stack…")
         self._auto_worker = start_worker(
-            events_from_callback, _choose, layer_volume(layer), factor, self.auto_candidates,
+            events_from_callback, choose, layer_volume(layer), factor, self.auto_candidates,
             self._auto_params(), self._auto_cancel, on_yield=self._on_auto_progress,
             on_return=self._on_auto_choice, on_error=self._on_auto_error)
         return self._auto_worker
@@ -596,16 +589,3 @@ class ReconstructWidget(DockWidget):
         else:
             self.status.setText(f"{run.method}: {run.status} after {s['slices']} of "
                                 f"{run.out_shape[0]} slices; layer marked partial")
-
-
-def _choose(volume, factor, candidates, params, cancel, on_progress):
-    """Worker side of "auto": :func:`napari_zup.selection.choose_method` (its progress events
-    to ``on_progress``); None when cancelled."""
-    from ..engine import ReconstructionCancelled
-    from ..selection import choose_method
-
-    try:
-        return choose_method(volume, factor, candidates=candidates, method_params=params,
-                             cancel=cancel, on_progress=on_progress)
-    except ReconstructionCancelled:
-        return None

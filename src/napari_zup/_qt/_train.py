@@ -109,7 +109,24 @@ class TrainWidget(DockWidget):
         self._t0 = 0.0
         self._last_status = 0.0
         self._dirty = False
+        self._build_form()
+        self._build_run_area()
+        self._timer = QTimer(self)
+        self._timer.setInterval(POLL_MS)
+        self._timer.timeout.connect(self._poll)
+        self.layer_combo.currentIndexChanged.connect(self._layer_changed)
+        self.method_combo.currentTextChanged.connect(self._method_changed)
+        self.path_edit.textEdited.connect(self._path_typed)
+        self.path_edit.textChanged.connect(self._path_changed)
+        self.path_button.clicked.connect(self._choose_path)
+        self.start_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+        self.reconstruct_button.clicked.connect(self.reconstruct)
+        self._method_changed(self.method_combo.currentText())
+        self._layer_changed()
 
+    def _build_form(self):
+        """Image, method, factor, z sampling, budget, steps and the checkpoint file."""
         form = QFormLayout()
         self.layer_combo = LayerCombo(self.viewer)
         self.layer_info = wrap_label()
@@ -176,6 +193,8 @@ class TrainWidget(DockWidget):
         form.addRow("", self.resume_check)
         self.layout().addLayout(form)
 
+    def _build_run_area(self):
+        """Start/Stop, progress, the loss plot and "Reconstruct with the result"."""
         buttons = QHBoxLayout()
         self.start_button = QPushButton("Start")
         self.stop_button = QPushButton("Stop")
@@ -200,21 +219,6 @@ class TrainWidget(DockWidget):
             "the Reconstruct widget does (and select this checkpoint there if it is open)")
         self.layout().addWidget(self.reconstruct_button)
         self.layout().addStretch(1)
-
-        self._timer = QTimer(self)
-        self._timer.setInterval(POLL_MS)
-        self._timer.timeout.connect(self._poll)
-
-        self.layer_combo.currentIndexChanged.connect(self._layer_changed)
-        self.method_combo.currentTextChanged.connect(self._method_changed)
-        self.path_edit.textEdited.connect(self._path_typed)
-        self.path_edit.textChanged.connect(self._path_changed)
-        self.path_button.clicked.connect(self._choose_path)
-        self.start_button.clicked.connect(self.start)
-        self.stop_button.clicked.connect(self.stop)
-        self.reconstruct_button.clicked.connect(self.reconstruct)
-        self._method_changed(self.method_combo.currentText())
-        self._layer_changed()
 
     # -- form ---------------------------------------------------------------------------------
 
