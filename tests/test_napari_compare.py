@@ -116,7 +116,9 @@ def test_panel_names_are_in_the_dock_not_on_the_canvas(qtbot, small_viewer):
     _wait(qtbot, w)
     assert viewer.canvas.grid.enabled
     assert not any(lay.name_overlay.visible for lay in viewer.layers)
-    assert not viewer.text_overlay.visible
+    overlays = getattr(viewer.canvas, "overlays", None)   # napari >= 0.9; older: text_overlay
+    text_overlay = overlays.text if overlays is not None else viewer.text_overlay
+    assert not text_overlay.visible
     text = w.panels.text()
     names = [lay.name.replace(f"{layer.name} · ", "") for lay in w.results] + ["input"]
     pos_of = {lay.name.replace(f"{layer.name} · ", ""): lay for lay in w.results}

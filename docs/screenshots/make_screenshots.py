@@ -187,6 +187,7 @@ def cluster():
     import tempfile
     import threading
 
+    import napari_zup.distributed.client  # noqa: F401  (distributed.client below)
     from napari_zup import distributed
     from napari_zup._qt._cluster_run import ClusterRun
     from napari_zup._qt._compare import set_orientation
@@ -199,17 +200,20 @@ def cluster():
     w.workers_spin.setValue(2)
     w.output_edit.setText(str(Path(tempfile.mkdtemp()) / "FIB-SEM aniso.of-linear-x4.zarr"))
     gate = threading.Event()
-    distributed.MIN_IN_FLIGHT = distributed.IN_FLIGHT_PER_THREAD = 1  # hold it half-way
-    original = ClusterRun._reconstruct
+    distributed.client.MIN_IN_FLIGHT = 1  # at most 4 x threads chunks in flight: hold it half-way
+    original = ClusterRun._events
 
-    def held(self, callback):  # the client waits after 3 chunks, as if the cluster were busy
-        def report(item):
-            callback(item)
-            if item[0] == 3:
-                gate.wait()
-        return original(self, report)
+    def held(self):  # the client waits after 3 chunks, as if the cluster were busy
+        events = original(self)
+        try:
+            for event in events:
+                yield event
+                if event.done == 3:
+                    gate.wait()
+        finally:
+            events.close()
 
-    ClusterRun._reconstruct = held
+    ClusterRun._events = held
     run = w.start()
     wait(lambda: run.layer is not None and run.done >= 3)
     pump(1.0)
@@ -222,7 +226,7 @@ def cluster():
     shot(viewer, "reconstruct_cluster.png")
     run.cancel()
     gate.set()
-    ClusterRun._reconstruct = original
+    ClusterRun._events = original
     wait(lambda: not run.running)
     viewer.close()
 
