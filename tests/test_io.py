@@ -103,3 +103,25 @@ def test_corrupt_and_unknown_files_give_clear_errors(tmp_path):
         read_volume(tmp_path / "a.png")
     with pytest.raises(VolumeReadError, match="does not exist"):
         read_volume(tmp_path / "missing.tif")
+
+
+def test_atomic_output_replaces_on_success_and_leaves_nothing_on_failure(tmp_path):
+    from napari_zup.io import atomic_output
+
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with atomic_output(target) as part:
+        assert part.parent == tmp_path and part.name == f".out.txt.partial-{os.getpid()}"
+        part.write_text("new")
+        assert target.read_text() == "old"  # the real name changes only at the end
+    assert target.read_text() == "new" and sorted(os.listdir(tmp_path)) == ["out.txt"]
+    store = tmp_path / "s.zarr"
+    (store / "old").mkdir(parents=True)
+    with atomic_output(store) as part:  # a folder replaces a folder
+        (part / "new").mkdir(parents=True)
+    assert sorted(os.listdir(store)) == ["new"]
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_output(target) as part:
+            part.write_text("half")
+            raise RuntimeError("boom")
+    assert target.read_text() == "new" and sorted(os.listdir(tmp_path)) == ["out.txt", "s.zarr"]

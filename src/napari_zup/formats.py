@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import glob
 import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 
-from .io import Volume, VolumeReadError
+from .io import UNKNOWN_UNIT, Volume, VolumeReadError, is_pixel_unit, unit_factor
 
 SLICE_SUFFIXES = (".tif", ".tiff", ".png")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
@@ -224,6 +225,49 @@ class SliceStack:
         return out[0] if scalar else out
 
 
+def tiff_voxel_size(tif) -> tuple[tuple[float, float, float] | None, str, dict]:
+    """(voxel size (z, y, x) in nm, or in pixels with unit "pixel"; None when the z or x size
+    is not recorded; unit; metadata) of an open ``tifffile.TiffFile``: OME ``PhysicalSize*``
+    first, then ImageJ ``unit`` / resolution / ``spacing``."""
+    meta: dict = {}
+    unit = "nm"
+    z = y = x = None
+    if tif.is_ome and tif.ome_metadata:
+        try:
+            root = ET.fromstring(tif.ome_metadata)
+            pix = next(el for el in root.iter() if el.tag.endswith("Pixels"))
+            sizes = []
+            for ax in "ZYX":
+                v = pix.get(f"PhysicalSize{ax}")
+                u = pix.get(f"PhysicalSize{ax}Unit", "µm")
+                sizes.append(float(v) * unit_factor(u) if v else None)
+            z, y, x = sizes
+            meta["ome"] = True
+        except (ET.ParseError, StopIteration, ValueError):
+            pass
+    if tif.is_imagej and (z is None or x is None):
+        ij = tif.imagej_metadata or {}
+        meta["imagej"] = {k: v for k, v in ij.items() if isinstance(v, (str, int, float))}
+        factor = unit_factor(ij.get("unit", "nm")) if ij.get("unit") else None
+        if is_pixel_unit(ij.get("unit")):  # written without a known voxel size
+            factor, unit = 1.0, UNKNOWN_UNIT
+        page = tif.pages[0]
+        res = page.tags.get("XResolution")
+        res_y = page.tags.get("YResolution")
+        if res is not None and factor is not None:
+            num, den = res.value
+            if num:
+                x = den / num * factor
+            if res_y is not None and res_y.value[0]:
+                y = res_y.value[1] / res_y.value[0] * factor
+        if "spacing" in ij and factor is not None:
+            z = float(ij["spacing"]) * factor
+    if x is None or z is None:
+        return None, unit, meta
+    y = y if y is not None else x
+    return (float(z), float(y), float(x)), unit, meta
+
+
 def _first_slice_voxel_size(f: Path):
     """(voxel size or None, unit, xy pixel size or None) from the first TIFF slice's metadata
     (a size in pixels is no voxel size)."""
@@ -231,11 +275,9 @@ def _first_slice_voxel_size(f: Path):
         return None, "nm", None
     import tifffile
 
-    from .io import _tiff_voxel_size, is_pixel_unit, unit_factor
-
     try:
         with tifffile.TiffFile(f) as tif:
-            voxel, unit, _ = _tiff_voxel_size(tif)
+            voxel, unit, _ = tiff_voxel_size(tif)
             if voxel is not None and not is_pixel_unit(unit):
                 return voxel, unit, (voxel[1], voxel[2])
             ij = (tif.imagej_metadata or {}) if tif.is_imagej else {}
@@ -324,8 +366,6 @@ def _describe(datasets) -> str:
 
 
 def _hdf5_voxel_size(ds):
-    from .io import is_pixel_unit, unit_factor
-
     for attr, factor in _HDF5_VOXEL_ATTRS:
         if attr in ds.attrs:
             try:
@@ -497,7 +537,7 @@ def file_voxel_size(path) -> tuple[tuple[float, float, float], str] | None:
             import tifffile
 
             with tifffile.TiffFile(p) as tif:
-                voxel, unit, _ = io._tiff_voxel_size(tif)
+                voxel, unit, _ = tiff_voxel_size(tif)
         else:
             vol = io.read_volume(path, lazy=True)
             voxel, unit = vol.voxel_size, vol.unit

@@ -86,12 +86,14 @@ def read_volume(path, level: int = 0, lazy: bool | None = None) -> Volume:
 def _read_tiff(p: Path, lazy: bool | None) -> Volume:
     import tifffile
 
+    from .formats import tiff_voxel_size
+
     try:
         with _tifffile_errors() as logged, tifffile.TiffFile(p) as tif:
             series = tif.series[0]
             shape, dtype, axes = series.shape, series.dtype, series.axes
             _check_tiff_complete(tif, p.name, shape, axes, logged)
-            voxel, unit, meta = _tiff_voxel_size(tif)
+            voxel, unit, meta = tiff_voxel_size(tif)
             nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
             use_lazy = nbytes > LAZY_BYTES if lazy is None else lazy
             if not use_lazy:
@@ -181,46 +183,6 @@ def _squeeze_to_zyx(data, axes: str, name: str):
         idx = tuple(slice(None) if i in keep else 0 for i in range(data.ndim))
         data = data[idx]
     return data
-
-
-def _tiff_voxel_size(tif):
-    meta: dict = {}
-    unit = "nm"
-    z = y = x = None
-    if tif.is_ome and tif.ome_metadata:
-        try:
-            root = ET.fromstring(tif.ome_metadata)
-            pix = next(el for el in root.iter() if el.tag.endswith("Pixels"))
-            sizes = []
-            for ax in "ZYX":
-                v = pix.get(f"PhysicalSize{ax}")
-                u = pix.get(f"PhysicalSize{ax}Unit", "µm")
-                sizes.append(float(v) * unit_factor(u) if v else None)
-            z, y, x = sizes
-            meta["ome"] = True
-        except (ET.ParseError, StopIteration, ValueError):
-            pass
-    if tif.is_imagej and (z is None or x is None):
-        ij = tif.imagej_metadata or {}
-        meta["imagej"] = {k: v for k, v in ij.items() if isinstance(v, (str, int, float))}
-        factor = unit_factor(ij.get("unit", "nm")) if ij.get("unit") else None
-        if is_pixel_unit(ij.get("unit")):  # written without a known voxel size
-            factor, unit = 1.0, UNKNOWN_UNIT
-        page = tif.pages[0]
-        res = page.tags.get("XResolution")
-        res_y = page.tags.get("YResolution")
-        if res is not None and factor is not None:
-            num, den = res.value
-            if num:
-                x = den / num * factor
-            if res_y is not None and res_y.value[0]:
-                y = res_y.value[1] / res_y.value[0] * factor
-        if "spacing" in ij and factor is not None:
-            z = float(ij["spacing"]) * factor
-    if x is None or z is None:
-        return None, unit, meta
-    y = y if y is not None else x
-    return (float(z), float(y), float(x)), unit, meta
 
 
 def is_pixel_unit(unit) -> bool:
@@ -427,11 +389,8 @@ def remove_stale_partials(path) -> list[Path]:
 
 
 def _commit(tmp: Path, p: Path) -> None:
-    if p.exists():
-        if p.is_dir():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
+    if p.is_dir():  # os.replace replaces a file in one step, but not a folder
+        shutil.rmtree(p)
     os.replace(tmp, p)
 
 
@@ -440,6 +399,27 @@ def _remove(tmp: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     elif tmp.exists():
         tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_output(path) -> Iterator[Path]:
+    """Write ``path`` (a file or a folder) all at once or not at all: yields the temporary
+    ``.NAME.partial-PID`` beside it to write to (stale partials of dead runs are removed
+    first); on success it replaces ``path``, on any exception (Ctrl-C too) it is removed.
+
+    >>> with atomic_output(folder / "scores.json") as part:   # doctest: +SKIP
+    ...     part.write_text("{}")
+    """
+    p = Path(path)
+    remove_stale_partials(p)
+    tmp = _partial_name(p)
+    _remove(tmp)
+    try:
+        yield tmp
+        _commit(tmp, p)
+    except BaseException:
+        _remove(tmp)
+        raise
 
 
 def write_volume(
@@ -481,18 +461,11 @@ def write_volume(
         dtype = out_dtype
     nbytes = int(np.prod(shape)) * dtype.itemsize
     p = check_output_path(path, overwrite, nbytes, inputs)
-    remove_stale_partials(p)
-    tmp = _partial_name(p)
-    _remove(tmp)
-    try:
+    with atomic_output(p) as tmp:
         if p.suffix.lower() == ".zarr":
             _write_ome_zarr(tmp, items, shape, dtype, voxel_size, unit, metadata, chunks)
         else:
             _write_tiff(tmp, items, shape, dtype, voxel_size, unit, metadata, nbytes)
-        _commit(tmp, p)
-    except BaseException:
-        _remove(tmp)
-        raise
     return p
 
 

@@ -68,13 +68,10 @@ def save_montage(path, input_volume, output_volume, factor, title: str = "") -> 
     if title:
         fig.suptitle(title)
     p = Path(path)
-    from .io import _partial_name, remove_stale_partials
+    from .io import atomic_output
 
-    remove_stale_partials(p)
-    tmp = _partial_name(p)  # no half-written image under the real name
     try:
-        fig.savefig(tmp, dpi=110, format=p.suffix.lstrip(".").lower().replace("jpg", "jpeg"))
-        os.replace(tmp, p)
+        with atomic_output(p) as tmp:  # no half-written image under the real name
+            fig.savefig(tmp, dpi=110, format=p.suffix.lstrip(".").lower().replace("jpg", "jpeg"))
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)

@@ -72,13 +72,11 @@ def _write_4d(out: Path, items, shape, dtype, vol, params, overwrite, rgb):
     """Flow fields: TIFF (ImageJ, axes ZYXS) or Zarr, written under a temporary name."""
     import tifffile
 
-    from ..io import _commit, _partial_name, _remove, remove_stale_partials
+    from ..io import atomic_output
 
-    remove_stale_partials(out)
-    tmp = _partial_name(out)
     meta = {"what": "Farnebäck flow z -> z+1, (dx, dy) pixels" if not rgb else
             "Farnebäck flow colour wheel", "farneback": params.as_dict()}
-    try:
+    with atomic_output(out) as tmp:
         if out.suffix.lower() == ".zarr":
             import zarr
 
@@ -95,10 +93,6 @@ def _write_4d(out: Path, items, shape, dtype, vol, params, overwrite, rgb):
                                                     "planarconfig": "contig"}
             tifffile.imwrite(tmp, data=planes(), shape=shape, dtype=dtype,
                              description=json.dumps(meta), **kw)
-        _commit(tmp, out)
-    except BaseException:
-        _remove(tmp)
-        raise
 
 
 def add_flow_parser(sub) -> None:
