@@ -125,3 +125,19 @@ def test_atomic_output_replaces_on_success_and_leaves_nothing_on_failure(tmp_pat
             part.write_text("half")
             raise RuntimeError("boom")
     assert target.read_text() == "new" and sorted(os.listdir(tmp_path)) == ["out.txt", "s.zarr"]
+
+
+def test_one_unit_table_names_sizes_and_symbols():
+    from napari_zup.io import short_unit, unit_symbol, unit_to_nm
+
+    for name in ("micrometer", "micron", "µm", "μm", "um", "UM", "\\u00B5m"):
+        assert (short_unit(name), unit_symbol(name), unit_to_nm(name)) == ("um", "µm", 1e3)
+    assert (short_unit("nanometer"), unit_symbol("nanometer"), unit_to_nm("nm")) == \
+        ("nm", "nm", 1.0)
+    assert (short_unit("millimeter"), unit_to_nm("mm")) == ("mm", 1e6)
+    assert (short_unit("angstrom"), unit_symbol("angstrom"), unit_to_nm("Å")) == \
+        ("angstrom", "Å", 0.1)
+    assert short_unit("pixel") is None and unit_symbol("parsec") is None
+    assert unit_to_nm("pixel") == 1.0
+    with pytest.raises(VolumeReadError, match="unknown length unit 'inch'"):
+        unit_to_nm("inch")

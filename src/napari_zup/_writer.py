@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-#: napari/pint unit names -> the short names stored in the file.
-_UNITS = {"nanometer": "nm", "nm": "nm", "micrometer": "um", "micron": "um", "um": "um",
-          "µm": "um", "millimeter": "mm", "mm": "mm"}
-
 
 def _unit(meta: dict) -> str:
+    """The short name (io.short_unit) of the layer's length unit, else what zup recorded."""
+    from .io import short_unit
+
     units = meta.get("units")
-    if units:
-        u = str(units[0]).strip().lower()
-        if u in _UNITS:
-            return _UNITS[u]
+    if units and short_unit(units[0]):
+        return short_unit(units[0])
     return str(meta.get("metadata", {}).get("zup", {}).get("unit") or "nm")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import UNKNOWN_UNIT, Volume, VolumeReadError, is_pixel_unit, unit_factor
+from .io import UNKNOWN_UNIT, Volume, VolumeReadError, is_pixel_unit, unit_to_nm
 
 SLICE_SUFFIXES = (".tif", ".tiff", ".png")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
@@ -240,7 +240,7 @@ def tiff_voxel_size(tif) -> tuple[tuple[float, float, float] | None, str, dict]:
             for ax in "ZYX":
                 v = pix.get(f"PhysicalSize{ax}")
                 u = pix.get(f"PhysicalSize{ax}Unit", "µm")
-                sizes.append(float(v) * unit_factor(u) if v else None)
+                sizes.append(float(v) * unit_to_nm(u) if v else None)
             z, y, x = sizes
             meta["ome"] = True
         except (ET.ParseError, StopIteration, ValueError):
@@ -248,7 +248,7 @@ def tiff_voxel_size(tif) -> tuple[tuple[float, float, float] | None, str, dict]:
     if tif.is_imagej and (z is None or x is None):
         ij = tif.imagej_metadata or {}
         meta["imagej"] = {k: v for k, v in ij.items() if isinstance(v, (str, int, float))}
-        factor = unit_factor(ij.get("unit", "nm")) if ij.get("unit") else None
+        factor = unit_to_nm(ij.get("unit", "nm")) if ij.get("unit") else None
         if is_pixel_unit(ij.get("unit")):  # written without a known voxel size
             factor, unit = 1.0, UNKNOWN_UNIT
         page = tif.pages[0]
@@ -284,7 +284,7 @@ def _first_slice_voxel_size(f: Path):
             res = tif.pages[0].tags.get("XResolution")
             if ij.get("unit") and not is_pixel_unit(ij["unit"]) and res is not None \
                     and res.value[0]:
-                x = res.value[1] / res.value[0] * unit_factor(ij["unit"])
+                x = res.value[1] / res.value[0] * unit_to_nm(ij["unit"])
                 return None, "nm", (x, x)
     except Exception:  # metadata is a bonus: an unreadable tag is no voxel size
         pass
@@ -377,7 +377,7 @@ def _hdf5_voxel_size(ds):
                 unit = unit.decode() if isinstance(unit, bytes) else str(unit)
                 if is_pixel_unit(unit):
                     return None, None
-                factor = unit_factor(unit)
+                factor = unit_to_nm(unit)
             if len(v) == 3 and all(s > 0 for s in v):
                 return tuple(s * factor for s in v), attr
     return None, None

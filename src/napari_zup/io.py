@@ -28,9 +28,16 @@ BIGTIFF_BYTES = (1 << 32) - (1 << 25)
 #: The unit recorded when a file carries no physical voxel size: sizes are in pixels.
 UNKNOWN_UNIT = "pixel"
 
-_UNIT_TO_NM = {"nm": 1.0, "nanometer": 1.0, "um": 1e3, "µm": 1e3, "\\u00B5m": 1e3,
-               "micron": 1e3, "micrometer": 1e3, "mm": 1e6, "millimeter": 1e6, "pm": 1e-3,
-               "angstrom": 0.1, "Å": 0.1}
+#: The one unit table. Length units by the short name files record -> (nm per unit, symbol
+#: shown to users, OME-NGFF name, other spellings read; case is ignored).
+_LENGTH_UNITS = {
+    "nm": (1.0, "nm", "nanometer", ("nanometer",)),
+    "um": (1e3, "µm", "micrometer", ("µm", "μm", "micron", "microns", "micrometer")),
+    "mm": (1e6, "mm", "millimeter", ("millimeter",)),
+    "pm": (1e-3, "pm", "picometer", ()),
+    "angstrom": (0.1, "Å", "angstrom", ("å",)),
+}
+_SPELLINGS = {s: short for short, row in _LENGTH_UNITS.items() for s in (short, *row[3])}
 
 
 @dataclass
@@ -189,19 +196,31 @@ def is_pixel_unit(unit) -> bool:
     return str(unit or "").strip().lower() in ("pixel", "pixels", "px")
 
 
-def unit_factor(unit: str) -> float:
-    """nm per ``unit`` (1 for pixel); VolumeReadError for a unit that is not a length."""
-    u = str(unit).strip().lower().replace("\\u00b5", "µ")
-    if is_pixel_unit(u):
-        return 1.0
-    if u in ("micron", "microns", "um", "µm", "μm"):
-        return 1e3
-    if u in _UNIT_TO_NM:
-        return _UNIT_TO_NM[u]
-    raise VolumeReadError(f"unknown length unit {unit!r} in the file's metadata")
+def short_unit(unit) -> str | None:
+    """The name files record for the length unit ``unit`` in any spelling (nanometer -> nm,
+    micrometer / micron / µm -> um, Å -> angstrom), or None for a pixel or unknown unit."""
+    return _SPELLINGS.get(str(unit).strip().lower().replace("\\u00b5", "µ"))
 
 
-_unit_factor = unit_factor  # the name other readers (formats.py) import
+def unit_symbol(unit) -> str | None:
+    """``unit`` as shown to users (micrometer -> µm, angstrom -> Å), or None (see short_unit)."""
+    short = short_unit(unit)
+    return _LENGTH_UNITS[short][1] if short else None
+
+
+def unit_to_nm(unit) -> float:
+    """nm per ``unit`` (1 for pixel); VolumeReadError for a unit that is not a length.
+
+    >>> unit_to_nm("micrometer"), unit_to_nm("Å"), unit_to_nm("pixel")
+    (1000.0, 0.1, 1.0)
+    """
+    short = short_unit(unit)
+    if short is None and not is_pixel_unit(unit):
+        raise VolumeReadError(f"unknown length unit {unit!r} in the file's metadata")
+    return _LENGTH_UNITS[short][0] if short else 1.0
+
+
+unit_factor = unit_to_nm  # the older name
 
 
 def _refuse_unfinished_run(p: Path, zup) -> None:
@@ -255,7 +274,7 @@ def _read_zarr(p: Path, level: int) -> Volume:
                 "inside the store directly (e.g. path/to/store.zarr/0)"
             ) from None
         if voxel is not None and unit and not is_pixel_unit(unit):
-            voxel, unit = tuple(v * unit_factor(unit) for v in voxel), "nm"
+            voxel, unit = tuple(v * unit_to_nm(unit) for v in voxel), "nm"
         elif voxel is not None:  # a scale without a unit: sizes in pixels, honestly
             unit = UNKNOWN_UNIT
         meta = {"ome_zarr": True, "level": level, "levels": len(datasets),
@@ -549,7 +568,8 @@ def output_voxel_size(voxel_size, unit, factor):
 
 
 def _ome_unit(unit: str) -> str:
-    return {"nm": "nanometer", "um": "micrometer", "µm": "micrometer"}.get(unit, unit)
+    short = short_unit(unit)
+    return _LENGTH_UNITS[short][2] if short else unit
 
 
 def default_chunks(shape) -> tuple[int, int, int]:

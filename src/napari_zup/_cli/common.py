@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import grid
 from ..progress import Meter, Progress
-from ..io import UNKNOWN_UNIT, Volume, VolumeReadError, is_pixel_unit, read_volume, unit_factor
+from ..io import UNKNOWN_UNIT, Volume, VolumeReadError, is_pixel_unit, read_volume, unit_to_nm
 from ..methods.base import create_method, get_info, method_infos
 
 
@@ -135,7 +135,7 @@ def _given_voxel_size(args):
     if len(given) != 3 or not all(math.isfinite(v) and v > 0 for v in given):
         _fail(f"--voxel-size: three positive numbers Z Y X, got {' '.join(map(str, given))}")
     try:
-        to_nm = unit_factor(unit or "nm")
+        to_nm = unit_to_nm(unit or "nm")
     except VolumeReadError:
         _fail(f"--unit {unit!r}: not a length unit; use nm, um, mm, angstrom (or pixel)")
     if is_pixel_unit(unit):

@@ -32,9 +32,6 @@ from ._common import (
 )
 from ._run import PARTIAL_SUFFIX, REFRESH_S
 
-#: napari/pint unit names -> the short names written into OME-Zarr metadata.
-_SHORT_UNITS = {"nanometer": "nm", "micrometer": "um", "millimeter": "mm"}
-
 
 def cluster_source(layer):
     """What the cluster reads for ``layer``: the file it was opened from when the layer reads
@@ -61,7 +58,7 @@ def layer_voxel(layer):
         if all(s == 1.0 for s in scale):
             return None, "nm"
         return scale, "nm"  # a scale set by hand, without a unit: keep it, say nm
-    return scale, _SHORT_UNITS.get(unit, unit)
+    return scale, io.short_unit(unit) or unit
 
 
 def suggest_output(layer, method: str, factor) -> Path:

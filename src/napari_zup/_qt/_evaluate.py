@@ -25,7 +25,7 @@ from qtpy.QtWidgets import (
     QTableWidgetItem,
 )
 
-from .. import grid
+from .. import grid, io
 from ..engine import ReconstructionCancelled
 from ..evaluation import (
     SELF_EVAL_LABEL,
@@ -57,7 +57,6 @@ COLUMNS = ("method", "PSNR dB", "SSIM", "F-PSNR dB", "IE", "texture", "s/slice")
 ERROR_PERCENTILE = 99.9
 #: Layers whose z step / pixel size exceeds this get self-evaluation by default.
 ANISOTROPIC = 1.5
-_SHORT_UNITS = {"nanometer": "nm", "micrometer": "µm", "millimeter": "mm", "angstrom": "Å"}
 MODE_DROP = "drop and restore (isotropic layer)"
 MODE_SELF = "self-evaluation (anisotropic layer)"
 
@@ -217,7 +216,7 @@ class EvaluateWidget(DockWidget):
         if layer is not None and layer_problem(layer) is None:
             sz = float(layer.scale[-3])
             unit = (layer_units(layer) or ("",))[-3]
-            unit = _SHORT_UNITS.get(unit, unit)
+            unit = io.unit_symbol(unit) or unit
             unit = "" if unit in ("pixel", "") else f" {unit}"
             spacing = f" ({sz:g}{unit} → {2 * sz:g}{unit})"
         self.mode_note.setText(
