@@ -161,6 +161,10 @@ class A2INet(nn.Module):
 
 class A2I(AxialMethod):
     info = LEARNED_INFOS["a2i"]  # one copy, torch-free: methods/learned_registry.py
+    #: training defaults (zup train a2i): short, wide patches for the U-Net
+    train_defaults = {"lr": 4e-4, "lr_init": 1e-4, "batch": 8, "crop": 64, "rows": 8}
+    #: weight of the projected distribution loss added to L1 (a2i-3dem-vit.txt)
+    pdl_weight = 0.01
     batch_planes = 16
 
     @classmethod

@@ -146,13 +146,20 @@ def get_info(name: str) -> MethodInfo:
         ) from None
 
 
-def create_method(name: str, **params) -> Method:
-    """Instantiate method ``name`` with its keyword parameters (e.g. ``winsize=129``)."""
-    info = get_info(name)
+def method_class(name: str) -> type:
+    """The class registered for ``name`` (imports its module: torch for learned methods)."""
+    get_info(name)
     factory = _REGISTRY[name].factory
     if isinstance(factory, str):
         module_name, _, attr = factory.partition(":")
         factory = getattr(importlib.import_module(module_name), attr)
+    return factory
+
+
+def create_method(name: str, **params) -> Method:
+    """Instantiate method ``name`` with its keyword parameters (e.g. ``winsize=129``)."""
+    info = get_info(name)
+    factory = method_class(name)
     try:
         return factory(**params)
     except TypeError as exc:

@@ -119,6 +119,10 @@ class NiivNet(nn.Module):
 
 class Niiv(AxialMethod):
     info = LEARNED_INFOS["niiv"]  # one copy, torch-free: methods/learned_registry.py
+    #: training defaults (zup train niiv): patch shapes of the shipped checkpoint
+    train_defaults = {"lr": 2e-4, "lr_init": 1e-4, "batch": 16, "crop": 48, "rows": 12}
+    #: weight of the projected distribution loss added to L1 in training (0: L1 only)
+    pdl_weight = 0.0
 
     @classmethod
     def build_model(cls, arch: dict):

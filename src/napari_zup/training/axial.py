@@ -24,13 +24,15 @@ METHODS = ("niiv", "a2i")
 
 
 def _method_class(method: str):
-    if method == "niiv":
-        from ..methods.niiv import DEFAULT_ARCH, Niiv
-        return Niiv, DEFAULT_ARCH
-    if method == "a2i":
-        from ..methods.a2i import DEFAULT_ARCH, A2I
-        return A2I, DEFAULT_ARCH
-    raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    """(class, default architecture) of an axial restorer, from the method registry."""
+    import sys
+
+    from ..methods.base import method_class
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    cls = method_class(method)
+    return cls, sys.modules[cls.__module__].DEFAULT_ARCH
 
 
 def projected_distribution_loss(pred, target):
@@ -76,10 +78,7 @@ class AxialFamily(Family):
     options = frozenset({"factors", "crop", "degradation", "rows"})
 
     def defaults(self, method):
-        # patch shapes of the shipped checkpoints (a2i's U-Net wants short, wide patches)
-        if method == "niiv":
-            return {"lr": 2e-4, "lr_init": 1e-4, "batch": 16, "crop": 48, "rows": 12}
-        return {"lr": 4e-4, "lr_init": 1e-4, "batch": 8, "crop": 64, "rows": 8}
+        return dict(_method_class(method)[0].train_defaults)  # the method's own
 
     def build(self, method, arch):
         cls, default_arch = _method_class(method)
@@ -151,8 +150,9 @@ class AxialFamily(Family):
 
     def loss(self, method, pred, target):
         loss = (pred - target).abs().mean()
-        if method == "a2i":
-            loss = loss + 0.01 * projected_distribution_loss(pred, target)
+        w = _method_class(method)[0].pdl_weight
+        if w:
+            loss = loss + w * projected_distribution_loss(pred, target)
         return loss
 
     def preview(self, model, stack, cfg, device):
@@ -164,7 +164,7 @@ class AxialFamily(Family):
         return {"factor_range": [min(fs), max(fs)],
                 "training": {"factors": fs, "degradation": cfg.degradation,
                              "patch": [sampler.hr_rows(max(fs)), sampler.width],
-                             "loss": "L1 + 0.01 PDL" if cfg.method == "a2i" else "L1"}}
+                             "loss": _loss_name(cfg.method)}}
 
 
 class MultiSampler:
@@ -183,6 +183,11 @@ class MultiSampler:
     def sample(self, batch, factor=None):
         s = self.samplers[int(self.rng.choice(len(self.samplers), p=self.p))]
         return s.sample(batch, factor)
+
+
+def _loss_name(method: str) -> str:
+    w = _method_class(method)[0].pdl_weight
+    return f"L1 + {w:g} PDL" if w else "L1"
 
 
 AXIAL = AxialFamily()

@@ -34,15 +34,17 @@ METHODS = ("film", "tsain")
 
 
 def _build(method: str, arch: dict | None):
-    if method == "film":
-        from ..methods.film import DEFAULT_ARCH, build_film
-        arch = {**DEFAULT_ARCH, **(arch or {})}
-        return build_film(arch), arch
-    if method == "tsain":
-        from ..methods.tsain import DEFAULT_ARCH, build_tsain
-        arch = {**DEFAULT_ARCH, **(arch or {})}
-        return build_tsain(arch), arch
-    raise ValueError(f"unknown learned method {method!r}; choose one of: {', '.join(METHODS)}")
+    """(model, architecture) of a pair interpolator, from the method registry."""
+    import sys
+
+    from ..methods.base import method_class
+
+    if method not in METHODS:
+        raise ValueError(f"unknown learned method {method!r}; choose one of: "
+                         f"{', '.join(METHODS)}")
+    cls = method_class(method)
+    arch = {**sys.modules[cls.__module__].DEFAULT_ARCH, **(arch or {})}
+    return cls.build_model(arch), arch
 
 
 # -- data -------------------------------------------------------------------------------------
