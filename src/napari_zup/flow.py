@@ -93,6 +93,39 @@ def estimate_flow(
     )
 
 
+def volume_flows(volume, pairs, params: FarnebackParams = FarnebackParams(),
+                 value_range: tuple[float, float] | None = None):
+    """Flow from slice k to k + 1 of ``volume`` (z, y, x) for each k of ``pairs``: an iterator
+    of ``(k, flow)``, flows as :func:`estimate_flow`.
+
+    ``value_range`` None: the volume's (``engine.volume_value_range``: an integer dtype's range,
+    a float volume's min/max), taken once so that every pair sees the same intensity scale, as
+    in a reconstruction; NaN/inf voxels are refused (ValueError) by this call, before any flow.
+    A slice shared by consecutive pairs is read once.
+
+    >>> v = np.zeros((3, 64, 64), np.uint8); v[:, 20:40, 20:40] = 200
+    >>> v[1] = np.roll(v[0], 3, axis=1)
+    >>> flows = volume_flows(v, [0, 1], FarnebackParams(winsize=15))
+    >>> [(k, round(float(f[30, 30, 0]))) for k, f in flows]
+    [(0, 3), (1, -3)]
+    """
+    if value_range is None:
+        from .engine import volume_value_range
+
+        value_range = volume_value_range(volume)
+    return _pair_flows(volume, pairs, params, value_range)
+
+
+def _pair_flows(volume, pairs, params, value_range):
+    last = (None, None)  # (index, slice) read for the previous pair
+    for k in pairs:
+        k = int(k)
+        a = last[1] if last[0] == k else np.asarray(volume[k])
+        b = np.asarray(volume[k + 1])
+        last = (k + 1, b)
+        yield k, estimate_flow(a, b, params, value_range)
+
+
 _GRID_CACHE: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
 

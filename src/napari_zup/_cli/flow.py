@@ -12,10 +12,9 @@ from ..engine import validate_volume
 from ..io import check_not_input, check_output_path
 from .common import _add_farneback, _fail, _read, _StderrProgress, parse_params
 
-def cmd_flow(args) -> int:
-    from ..flow import FarnebackParams, estimate_flow, flow_to_rgb
 
-    from ..engine import volume_value_range
+def cmd_flow(args) -> int:
+    from ..flow import FarnebackParams, flow_to_rgb, volume_flows
 
     out = Path(args.output)
     if args.max_magnitude is not None and not args.rgb:
@@ -34,21 +33,16 @@ def cmd_flow(args) -> int:
     vol = _read(args.input)
     try:
         validate_volume(vol.data)
-        vr = volume_value_range(vol.data)  # refuses NaN/inf voxels, naming how many
+        n, h, w = (int(s) for s in vol.data.shape)
+        flows = volume_flows(vol.data, range(n - 1), params)  # refuses NaN/inf, naming how many
     except ValueError as exc:
         _fail(str(exc))
-    data = vol.data
-    n, h, w = (int(s) for s in data.shape)
     progress = _StderrProgress(n - 1, "flow")
 
     def pairs():
-        prev = np.asarray(data[0])
-        for z in range(n - 1):
-            nxt = np.asarray(data[z + 1])
-            fl = estimate_flow(prev, nxt, params, vr)
+        for z, fl in flows:
             progress.update()
             yield z, fl
-            prev = nxt
 
     if args.rgb:
         def items():

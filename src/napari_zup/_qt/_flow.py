@@ -86,12 +86,9 @@ def colour_wheel(size: int = 72) -> np.ndarray:
 def compute_flows(volume, pairs, params: FarnebackParams, step: int):
     """Generator (worker thread): for each first-slice index k of ``pairs`` yield
     ``(k, rgb, vectors (N, 2, 2), magnitudes, flow stats)``."""
-    vr = dtype_value_range(volume.dtype)
-    for k in pairs:
-        a = np.asarray(volume[k])
-        b = np.asarray(volume[k + 1])
-        rng = vr or (float(min(a.min(), b.min())), float(max(a.max(), b.max())))
-        flow = estimate_flow(a, b, params, rng)
+    from ..flow import volume_flows  # the layer's value range once, as zup flow and reconstruct
+
+    for k, flow in volume_flows(volume, pairs, params):
         mag = np.hypot(flow[..., 0], flow[..., 1])
         vec = flow_vectors(flow, step)
         yield (k, flow_to_rgb(flow, max(float(np.percentile(mag, 99)), 0.5)), vec,
