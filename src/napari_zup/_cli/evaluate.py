@@ -3,7 +3,6 @@ one (docs/evaluation.md); scores table, ``--json``, ``--maps``."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -152,15 +151,10 @@ def _maps_dir(args, names: list[str]) -> Path:
 
 def _write_text(p: Path, text: str) -> None:
     """Write under a temporary name and rename: an interrupted write leaves no half file."""
-    from ..io import _partial_name, remove_stale_partials
+    from ..io import atomic_output
 
-    remove_stale_partials(p)
-    tmp = _partial_name(p)
-    try:
+    with atomic_output(p) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def add_evaluate_parser(sub) -> None:

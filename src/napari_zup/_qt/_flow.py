@@ -24,8 +24,7 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
-from ..flow import FarnebackParams, estimate_flow, flow_to_rgb, flow_vectors
-from ..methods.base import dtype_value_range
+from ..flow import FarnebackParams, flow_to_rgb, flow_vectors
 from ._common import (
     DockWidget,
     LayerCombo,
