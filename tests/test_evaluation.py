@@ -192,3 +192,25 @@ def test_cli_methods_all_is_every_registered_method():
 
     assert _eval_methods("all") == method_names()
     assert _eval_methods("linear, cubic") == ["linear", "cubic"]
+
+
+def test_one_intensity_scale_refuses_nan_everywhere():
+    """Evaluation and training scale intensities with the engine's one value range: the same
+    [0, 1] mapping, and NaN voxels refused with the same words."""
+    from napari_zup.engine import volume_value_range
+    from napari_zup.evaluation import evaluate_method, unit_scale
+    from napari_zup.training.session import TrainingError, to_unit
+
+    v = np.linspace(-3, 5, 6 * 8 * 8, dtype=np.float32).reshape(6, 8, 8)
+    lo, hi = volume_value_range(v)
+    assert unit_scale(v) == (lo, hi - lo)
+    np.testing.assert_allclose(to_unit(v), (v - lo) / (hi - lo), atol=1e-6)
+    assert unit_scale(np.zeros((3, 4, 4), np.uint8)) == (0.0, 255.0)
+    bad = v.copy()
+    bad[2, 3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        unit_scale(bad)
+    with pytest.raises(ValueError, match="NaN"):
+        evaluate_method(bad, 2, "linear")
+    with pytest.raises(TrainingError, match="NaN"):
+        to_unit(bad)

@@ -19,17 +19,15 @@ import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from . import grid
-from .engine import reconstruct_events, validate_volume
+from .engine import reconstruct_events, validate_volume, volume_value_range
 from .methods.base import dtype_value_range
 from .progress import Progress, drive
 
 
 def unit_scale(volume: np.ndarray) -> tuple[float, float]:
-    """(offset, span) mapping ``volume``'s intensities to [0, 1] as the protocol says."""
-    rng = dtype_value_range(volume.dtype)
-    if rng is None:
-        rng = (float(np.min(volume)), float(np.max(volume)))
-    lo, hi = rng
+    """(offset, span) mapping ``volume``'s intensities to [0, 1] as the protocol says: the
+    engine's one value range (dtype range; floats min-max, NaN/inf refused)."""
+    lo, hi = volume_value_range(volume)
     return lo, (hi - lo) or 1.0
 
 

@@ -84,18 +84,17 @@ class Finished:
 # -- data ----------------------------------------------------------------------------------
 
 def to_unit(volume, name: str = "the stack") -> np.ndarray:
-    """Scale a stack to float32 [0, 1] as the methods do (dtype range; floats: min-max)."""
-    from ..methods.base import dtype_value_range
+    """Scale a stack to float32 [0, 1] as the methods do: the engine's one value range
+    (dtype range; floats: min-max, NaN/inf refused)."""
+    from ..engine import volume_value_range
 
     v = np.asarray(volume)
     if v.ndim != 3:
         raise TrainingError(f"{name} must be a 3D stack (z, y, x), got shape {v.shape}")
-    rng = dtype_value_range(v.dtype)
-    if rng is None:
-        if not np.isfinite(v).all():
-            raise TrainingError(f"{name} has NaN/inf voxels; replace them first")
-        rng = (float(v.min()), float(v.max()))
-    lo, hi = rng
+    try:
+        lo, hi = volume_value_range(v)
+    except ValueError as exc:
+        raise TrainingError(f"{name}: {exc}") from None
     return ((v.astype(np.float32) - lo) / ((hi - lo) or 1.0)).astype(np.float32)
 
 
