@@ -4,8 +4,8 @@ sample of it (docs/evaluation.md, "Self-evaluation").
 The sample is a run of at most :data:`MAX_SECTIONS` sections from the middle of the stack and
 one to :data:`MAX_CROPS` crops of :data:`CROP` x :data:`CROP` pixels. The whole choice is
 kept within ``budget`` (:data:`BUDGET`, 20 %) of the estimated reconstruction with the method
-winning so far (at least :data:`MIN_BUDGET_S`). On the first crop the classical/optical-flow
-candidates are always scored (they are the guard, and cheap); a learned candidate is scored
+winning so far (for learned candidates at least :data:`MIN_BUDGET_S`). On the first crop
+the classical/optical-flow candidates are always scored (they are the guard, and cheap); a learned candidate is scored
 only when its predicted cost fits what is left of the budget, predicted before it starts
 from its ``MethodInfo.sample_cost`` (seconds per megapixel, scaled by how fast the
 optical-flow candidates ran here) plus the torch import when torch is not loaded yet;
@@ -40,8 +40,8 @@ MAX_CROPS = 4
 MAX_SECTIONS = 9
 #: Most time the choice may take, as a fraction of the estimated reconstruction time.
 BUDGET = 0.2
-#: The budget is never below this many seconds (small stacks, where 20 % of a reconstruction
-#: is less than a second).
+#: The budget for scoring learned candidates is never below this many seconds (small stacks,
+#: where 20 % of a reconstruction is less than a second); further crops get no such floor.
 MIN_BUDGET_S = 2.0
 #: Seconds to import torch and load a checkpoint on 2 CPU cores (the first learned candidate).
 TORCH_IMPORT_S = 3.0
@@ -363,7 +363,8 @@ def choose_method(volume, factor, *, candidates=None, method_params=None, cancel
         for y, x in corners:
             if s.n_crops:  # add a crop only while the budget still allows one more
                 spent = time.perf_counter() - t_start
-                if spent / s.n_crops * (s.n_crops + 1) > max(MIN_BUDGET_S, budget * estimate):
+                # strictly within the budget (no floor: more crops only while they fit)
+                if spent / s.n_crops * (s.n_crops + 1) > budget * estimate:
                     break
             _score_crop(s, np.asarray(volume[zs, y:y + ch, x:x + cw]))
             s.n_crops += 1
