@@ -195,7 +195,8 @@ def _reconstruct_local(args, vol, factor, params, voxel, unit, meta, dtype) -> i
         from .montage import save_montage
 
         save_montage(args.montage, vol.data, read_volume(out).data, factor,
-                     title=f"{Path(args.input).name}: {args.method} x{float(factor):g}")
+                     title=f"{Path(args.input).name}: {args.method} x{float(factor):g}"
+                     + (f", texture {args.texture:g}" if args.texture else ""))
         print(f"zup: montage {args.montage}", file=sys.stderr)
     return 0
 
