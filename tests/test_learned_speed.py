@@ -98,6 +98,16 @@ def test_niiv_fast_equals_reference_any_factor(sampling, factor):
     assert float((fast - ref).abs().max()) <= TOL
 
 
+def _assert_same_gradients(model, reference, x, pos):
+    """The fast forward and the written-out reference give the same parameter gradients."""
+    grads = []
+    for fn in (model, lambda *a: reference(model, *a)):
+        model.zero_grad()
+        fn(x, pos, 1 / 3).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
 def test_niiv_fast_forward_trains():
     """The factorised decoder is used in training too: gradients equal the reference's."""
     from napari_zup.methods.niiv import NiivNet
@@ -105,13 +115,7 @@ def test_niiv_fast_forward_trains():
     model = NiivNet(channels=8, blocks=1, hidden=16, layers=2, sampling="ensemble")
     for p in model.mlp.parameters():
         torch.nn.init.normal_(p, std=0.3)
-    x, pos = torch.rand(2, 1, 5, 24), _positions(5, 3)
-    grads = []
-    for fn in (model, lambda *a: niiv_reference(model, *a)):
-        model.zero_grad()
-        fn(x, pos, 1 / 3).square().mean().backward()
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-    assert torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+    _assert_same_gradients(model, niiv_reference, torch.rand(2, 1, 5, 24), _positions(5, 3))
 
 
 def _manual_window_attention(self, x):
@@ -162,13 +166,7 @@ def test_a2i_fast_attention_trains():
     torch.manual_seed(5)
     model = A2INet(channels=8, depths=(1, 1, 1), heads=(1, 2, 2), window=4)
     torch.nn.init.normal_(model.proj.weight, std=0.1)
-    x, pos = torch.rand(2, 1, 5, 20), _positions(5, 3)
-    grads = []
-    for fn in (model, lambda *a: a2i_reference(model, *a)):
-        model.zero_grad()
-        fn(x, pos, 1 / 3).square().mean().backward()
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-    assert torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+    _assert_same_gradients(model, a2i_reference, torch.rand(2, 1, 5, 20), _positions(5, 3))
 
 
 @pytest.mark.parametrize("method", ["niiv", "a2i"])

@@ -19,6 +19,7 @@ units of ``lr`` rows (0 = first row); ``cell`` = output row spacing in ``lr`` ro
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -242,8 +243,9 @@ class AxialMethod(Method):
         self.degradation = self.metadata.get("training", {}).get("degradation", "decimate")
 
     @classmethod
+    @abstractmethod
     def build_model(cls, arch: dict):
-        raise NotImplementedError
+        """The torch module for architecture ``arch`` (the checkpoint's metadata)."""
 
     def halo(self) -> int:
         return int(getattr(self.model, "receptive_halo", 16))

@@ -19,6 +19,7 @@ to the second one at the output slice's location.
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from typing import ClassVar, Sequence
 
 import numpy as np
@@ -201,8 +202,9 @@ class LearnedPairMethod(Method):
     receptive_halo: ClassVar[int] = 64
 
     @classmethod
-    def build_model(cls, arch: dict) -> nn.Module:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def build_model(cls, arch: dict) -> nn.Module:
+        """The torch module for architecture ``arch`` (the checkpoint's metadata)."""
 
     def __init__(self, checkpoint=None, device: str = "auto", texture: float = 0.0):
         texture = float(texture)

@@ -11,6 +11,7 @@ Adding a method = one module that subclasses :class:`Method` and calls :func:`re
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Sequence
 
@@ -58,7 +59,7 @@ class RenderResult:
     flows: list[np.ndarray] | None = None
 
 
-class Method:
+class Method(ABC):
     """Base class of all methods.
 
     Subclasses set ``info`` and implement :meth:`render`; they may override ``z_context``,
@@ -86,6 +87,7 @@ class Method:
         """Smallest y/x extent of the block a tile is computed on (0 = no minimum)."""
         return 0
 
+    @abstractmethod
     def render(
         self,
         block: np.ndarray,
@@ -100,7 +102,6 @@ class Method:
         ``value_range`` = (lo, hi) of the intensity scale (dtype range for integers, the
         volume's min/max for floats): learned methods map it to [0, 1].
         """
-        raise NotImplementedError
 
     def close(self) -> None:
         """Free resources (models, threads). Called by the engine when a run ends."""
