@@ -174,6 +174,8 @@ def _reconstruct_local(args, vol, factor, params, voxel, unit, meta, dtype) -> i
         nbytes = plan.out_nbytes
         print(f"zup: {args.method} x{float(factor):g}: {plan.in_shape} -> {plan.out_shape} "
               f"{dtype}, {nbytes / 1e6:.0f} MB -> {out}", file=sys.stderr)
+        for line in method.notes():
+            print(f"zup: {line}", file=sys.stderr)
         check_output_path(out, args.overwrite, nbytes, inputs=(args.input,))
         progress = _StderrProgress(plan.out_shape[0], "reconstruct")
 

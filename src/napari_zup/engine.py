@@ -131,6 +131,8 @@ def make_plan(volume, method: str, factor, tile_size=None, method_obj: Method | 
     z, h, w = (int(s) for s in volume.shape)
     tile = _tile_shape(volume, tile_size)
     halo = method_obj.halo() if method_obj is not None else 0
+    if method_obj is not None:
+        method_obj.prepare(volume)
     vr = tuple(value_range) if value_range is not None else volume_value_range(volume)
     return Plan(method, f, (z, h, w), (grid.output_length(z, f), h, w),
                 np.dtype(volume.dtype), vr, tile, halo)

@@ -149,6 +149,7 @@ def iter_reconstruct_to_zarr(
     if meta.get("path"):
         io.check_not_input(out, meta["path"])
     validate_volume(src_array, info.min_slices, name)
+    _fit_input_range(info, params, src_array)
     in_shape = tuple(int(s) for s in src_array.shape)
     vox_in, unit = _input_voxel_size(voxel_size, unit, meta)
     _check_output_folder(out)
@@ -272,6 +273,22 @@ def _resolve_source(source, level: int):
         arr = np.asarray(arr)
     meta["fingerprint"] = _fingerprint(arr)
     return arr, arr, meta
+
+
+def _fit_input_range(info: MethodInfo, params: dict, src_array) -> None:
+    """A learned method's intensity map, fitted here once (:mod:`napari_zup.intensity`) and
+    passed to every worker as ``input_range``, so that all chunks use the same one."""
+    if not info.needs_checkpoint or "input_range" in params or not params.get("normalize", True):
+        return
+    from ..checkpoints import default_checkpoint, peek_metadata
+    from ..intensity import input_range_for
+
+    path = params.get("checkpoint") or default_checkpoint(info.name)
+    if path is None or not Path(path).is_file():
+        return  # the workers' own refusal names what is missing
+    rng = input_range_for(src_array, peek_metadata(path))
+    if rng is not None:
+        params["input_range"] = [float(rng[0]), float(rng[1])]
 
 
 def _value_range(client, src, src_array, dtype, given):

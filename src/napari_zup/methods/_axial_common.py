@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..intensity import IntensityMap
 from .base import Method, RenderResult, to_dtype
 
 DEGRADATIONS = ("decimate", "pool")
@@ -229,7 +230,8 @@ class AxialMethod(Method):
     #: planes per forward pass (memory bound)
     batch_planes = 32
 
-    def __init__(self, checkpoint=None, device: str = "auto", fusion: str = "mean"):
+    def __init__(self, checkpoint=None, device: str = "auto", fusion: str = "mean",
+                 normalize: bool = True, input_range=None):
         from ..checkpoints import load_model
         from ..devices import select_device
 
@@ -241,6 +243,13 @@ class AxialMethod(Method):
                                                            checkpoint)
         self.model = model.to(self.device)
         self.degradation = self.metadata.get("training", {}).get("degradation", "decimate")
+        self.normalization = IntensityMap(self.metadata, normalize, input_range)
+
+    def prepare(self, volume) -> None:
+        self.normalization.fit(volume)
+
+    def notes(self) -> list[str]:
+        return self.normalization.notes()
 
     @classmethod
     @abstractmethod
@@ -264,7 +273,7 @@ class AxialMethod(Method):
         return out
 
     def render(self, block, positions, *, value_range, want_flows=False):
-        lo, hi = value_range
+        lo, hi = self.normalization.range(value_range)
         span = (hi - lo) or 1.0
         n = block.shape[0]
         x = (block.astype(np.float32) - lo) / span

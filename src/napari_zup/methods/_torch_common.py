@@ -29,6 +29,7 @@ from torch import nn
 
 from ..checkpoints import load_model
 from ..devices import select_device
+from ..intensity import IntensityMap
 from .base import Method, RenderResult, to_dtype
 
 _GRIDS: dict = {}
@@ -206,7 +207,8 @@ class LearnedPairMethod(Method):
     def build_model(cls, arch: dict) -> nn.Module:
         """The torch module for architecture ``arch`` (the checkpoint's metadata)."""
 
-    def __init__(self, checkpoint=None, device: str = "auto", texture: float = 0.0):
+    def __init__(self, checkpoint=None, device: str = "auto", texture: float = 0.0,
+                 normalize: bool = True, input_range=None):
         texture = float(texture)
         if not 0.0 <= texture <= 2.0:
             raise ValueError(f"texture is a target texture ratio in 0-2 (0 = off, e.g. 0.8), "
@@ -217,6 +219,13 @@ class LearnedPairMethod(Method):
         model, self.metadata, self.checkpoint = load_model(self.method_name, self.build_model,
                                                            checkpoint)
         self.model = model.to(self.device)
+        self.normalization = IntensityMap(self.metadata, normalize, input_range)
+
+    def prepare(self, volume) -> None:
+        self.normalization.fit(volume)
+
+    def notes(self) -> list[str]:
+        return self.normalization.notes()
 
     def halo(self) -> int:
         return self.receptive_halo + (TEXTURE_HALO if self.texture else 0)
@@ -224,7 +233,7 @@ class LearnedPairMethod(Method):
     @torch.no_grad()
     def render(self, block, positions: Sequence[float], *, value_range, want_flows=False):
         n = len(block)
-        lo, hi = float(value_range[0]), float(value_range[1])
+        lo, hi = self.normalization.range(value_range)
         span = (hi - lo) or 1.0
         out = np.empty((len(positions),) + block.shape[1:], block.dtype)
         flows = [None] * len(positions) if want_flows else None
@@ -251,7 +260,7 @@ class LearnedPairMethod(Method):
                 img = crop_to(res, size)[0, 0].float().cpu().numpy() * span + lo
                 if self.texture and 0.0 < t < 1.0:
                     img = add_knot_texture(img, block[k] if t <= 0.5 else block[k + 1],
-                                           self.texture, (lo, hi))
+                                           self.texture, value_range)
                 out[j] = to_dtype(img, block.dtype)
                 if want_flows:
                     flows[j] = np.ascontiguousarray(

@@ -83,6 +83,16 @@ class Method(ABC):
         """Pixels of y/x context a tile needs so that tiled output equals untiled output."""
         return 0
 
+    def prepare(self, volume) -> None:
+        """Called once by the planner with the whole input ``volume`` before any tile is
+        rendered (learned methods fit their intensity map here, :mod:`napari_zup.intensity`).
+        One method object renders one volume at a time."""
+
+    def notes(self) -> list[str]:
+        """What a user should know about how this run treats their data (after
+        :meth:`prepare`); printed by the CLI."""
+        return []
+
     def min_tile(self) -> int:
         """Smallest y/x extent of the block a tile is computed on (0 = no minimum)."""
         return 0

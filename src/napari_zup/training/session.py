@@ -123,6 +123,30 @@ class Stack:
         return cls(to_unit(item), "array")
 
 
+def _normalise_stacks(stacks: list[Stack], val: Stack | None, init_meta):
+    """``(intensity reference, stacks, val)`` with every stack mapped as inference will map
+    it (:mod:`napari_zup.intensity`): to the starting checkpoint's reference, or, from
+    scratch, to the training stacks' pooled percentiles (so stacks of different contrast
+    meet in one range). The reference goes into the trained checkpoint."""
+    from dataclasses import replace
+
+    from ..intensity import (normalise_unit_stack, reference_metadata, reference_of,
+                             sample_values)
+
+    ref = reference_of(init_meta)
+    if ref is not None:
+        meta = dict(init_meta["intensity"])
+    else:
+        meta = reference_metadata(np.concatenate([sample_values(s.data) for s in stacks]))
+        meta["data"] = ", ".join(s.name for s in stacks)
+        ref = reference_of({"intensity": meta})
+
+    def norm(s):
+        return replace(s, data=normalise_unit_stack(s.data, ref))
+
+    return meta, [norm(s) for s in stacks], (norm(val) if val is not None else None)
+
+
 # -- the family interface ------------------------------------------------------------------
 
 class Family(ABC):
@@ -268,22 +292,24 @@ class TrainingSession:
         self.dev = select_device(cfg.device)
         torch.manual_seed(cfg.seed)
         init_state, self.init_name, self.init_state, self.init_path = None, None, None, None
-        arch = cfg.arch
+        arch, init_meta = cfg.arch, None
         if cfg.init is not None:  # checked before any data is read
             path = default_checkpoint(cfg.method) if cfg.init == "bundled" else Path(cfg.init)
             if path is None:
                 raise TrainingError(f"no bundled {cfg.method} checkpoint is installed; "
                                     "train with --from-scratch")
-            init_state, meta = load_checkpoint(path, cfg.method)
+            init_state, init_meta = load_checkpoint(path, cfg.method)
             self.init_state, self.init_path = init_state, str(path)
-            arch = meta.get("arch") or arch
+            arch = init_meta.get("arch") or arch
             self.init_name = "bundled " + path.name if cfg.init == "bundled" else path.name
         state = self._load_state() if cfg.resume else None
         items = cfg.data if isinstance(cfg.data, (list, tuple)) else [cfg.data]
         stacks = [Stack.of(x) for x in items]
+        val_stack = Stack.of(cfg.val) if cfg.val is not None else None
+        self.intensity, stacks, val_stack = _normalise_stacks(stacks, val_stack, init_meta)
         self.stacks = stacks
-        if cfg.val is not None:
-            train_st, val_st = stacks, [Stack.of(cfg.val)]
+        if val_stack is not None:
+            train_st, val_st = stacks, [val_stack]
             self.held_out = f"separate validation stack {val_st[0].name}"
         else:
             train_st, val_st, self.held_out = fam.split(stacks, cfg)
@@ -375,7 +401,7 @@ class TrainingSession:
             "device": str(self.dev), "val_psnr": round(psnr, 3), "val_ssim": round(ssim, 4),
             "seed": cfg.seed,
         }
-        meta = {"method": cfg.method, "arch": self.arch}
+        meta = {"method": cfg.method, "arch": self.arch, "intensity": self.intensity}
         extra = self.family.metadata(cfg, self.sampler)
         training.update(extra.pop("training", {}))
         meta.update(extra)
