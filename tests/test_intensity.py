@@ -38,6 +38,18 @@ def test_matching_range_puts_the_percentiles_on_the_reference():
     p = (np.percentile(values, PERCENTILES) - lo) / (hi - lo)
     assert p == pytest.approx([0.25, 0.75], abs=1e-9)
     assert matching_range(np.full(100, 7.0), (0.25, 0.75)) is None  # constant: no map
+    # more contrast than the training data: never squeezed, only centred
+    wide = rng.normal(128, 60, 20000)
+    lo, hi = matching_range(wide, (0.25, 0.75), value_span=255.0)
+    assert hi - lo == pytest.approx(255.0)
+    p = (np.percentile(wide, PERCENTILES) - lo) / (hi - lo)
+    assert p.mean() == pytest.approx(0.5) and p[1] - p[0] > 0.5
+    # continuous where the gain reaches 1
+    a = matching_range(values, (0.25, 0.75), value_span=np.ptp(np.percentile(values,
+                                                                              PERCENTILES)) * 2)
+    b = matching_range(values, (0.25, 0.75), value_span=np.ptp(np.percentile(values,
+                                                                              PERCENTILES)) * 2.0001)
+    assert a == pytest.approx(b, abs=1e-2)
 
 
 def test_sample_is_bounded_and_reads_only_the_slices_it_samples():

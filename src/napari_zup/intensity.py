@@ -56,16 +56,29 @@ def reference_metadata(values_01: np.ndarray) -> dict:
     return {"percentiles": list(PERCENTILES), "values": [round(float(lo), 5), round(float(hi), 5)]}
 
 
-def matching_range(values: np.ndarray, reference: tuple[float, float]) -> tuple[float, float] | None:
+def matching_range(values: np.ndarray, reference: tuple[float, float],
+                   value_span: float | None = None) -> tuple[float, float] | None:
     """``(lo, hi)`` in the stack's units such that ``(x - lo) / (hi - lo)`` puts the
     stack's percentiles where the training data had them; None when the stack is (nearly)
-    constant and no map can be fitted."""
-    v_lo, v_hi = np.percentile(values, PERCENTILES)
+    constant and no map can be fitted.
+
+    Contrast is only ever raised, not lowered: for a stack with more contrast than the
+    training data (``hi - lo`` would be wider than ``value_span``, the stack's value range:
+    the dtype range for integers) the map keeps ``value_span`` and only centres the
+    percentiles on the training data's. Measured on the ssTEM stacks, whose grey values spread
+    wider than the FlyEM cubes': squeezing them cost niiv and a2i 0.08-0.12 dB
+    (docs/benchmarks.md section 13), and the training augmentation already covers higher
+    contrast (gain up to 1.4)."""
+    v_lo, v_hi = (float(v) for v in np.percentile(values, PERCENTILES))
     r_lo, r_hi = reference
     if not v_hi > v_lo:
         return None
-    span = float(v_hi - v_lo) / (r_hi - r_lo)
-    lo = float(v_lo) - r_lo * span
+    span = (v_hi - v_lo) / (r_hi - r_lo)
+    if value_span is not None and span > value_span:
+        span = float(value_span)  # the midpoints meet; continuous where the gain reaches 1
+        lo = 0.5 * (v_lo + v_hi) - 0.5 * (r_lo + r_hi) * span
+    else:
+        lo = v_lo - r_lo * span
     return lo, lo + span
 
 
@@ -75,13 +88,28 @@ def input_range_for(volume, metadata: Mapping | None) -> tuple[float, float] | N
     ref = reference_of(metadata)
     if ref is None:
         return None
-    return matching_range(sample_values(volume), ref)
+    return fit_range(volume, ref)
+
+
+def fit_range(volume, reference: tuple[float, float]) -> tuple[float, float] | None:
+    """:func:`matching_range` for ``volume``, from its bounded sample; the value span is the
+    dtype range for integers, the sample's min/max for floats."""
+    values = sample_values(volume)
+    if values.size == 0:
+        return None
+    kind = np.dtype(volume.dtype).kind
+    if kind in "ui":
+        info = np.iinfo(volume.dtype)
+        value_span = float(info.max) - float(info.min)
+    else:
+        value_span = float(values.max() - values.min())
+    return matching_range(values, reference, value_span)
 
 
 def normalise_unit_stack(data: np.ndarray, reference: tuple[float, float]) -> np.ndarray:
     """A training stack already in [0, 1] (dtype scale) mapped as inference maps it, so that
     training and inference see the same values."""
-    rng = matching_range(sample_values(data), reference)
+    rng = matching_range(sample_values(data), reference, 1.0)
     if rng is None:
         return data
     lo, hi = rng
@@ -112,7 +140,7 @@ class IntensityMap:
     def fit(self, volume) -> None:
         if self.given is not None or self.reference is None or volume is self._fitted_to:
             return
-        self.fitted = matching_range(sample_values(volume), self.reference)
+        self.fitted = fit_range(volume, self.reference)
         self._fitted_to = volume
 
     @property
