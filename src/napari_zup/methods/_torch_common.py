@@ -220,6 +220,9 @@ class LearnedPairMethod(Method):
                                                            checkpoint)
         self.model = model.to(self.device)
         self.normalization = IntensityMap(self.metadata, normalize, input_range)
+        #: a 4-knot model also sees knots z - 1 and z + 2 (clamped at the volume ends)
+        self.knots = int(getattr(self.model, "knots", 2))
+        self.z_context = 1 if self.knots == 4 else 0
 
     def prepare(self, volume) -> None:
         self.normalization.fit(volume)
@@ -242,21 +245,33 @@ class LearnedPairMethod(Method):
             k = min(max(int(math.floor(p)), 0), n - 2)
             by_interval.setdefault(k, []).append((j, float(p) - k))
         dev = self.device
-        for k, items in by_interval.items():
-            pair = torch.from_numpy(
-                (np.stack([block[k], block[k + 1]]).astype(np.float32) - lo) / span)
-            pair, size = pad_to_multiple(pair[:, None].to(dev), self.pad_multiple,
-                                         self.pad_multiple * 2)
-            a, b = pair[:1], pair[1:]
-            fa, fb = self.model.encode(a), self.model.encode(b)
+        cache: dict[int, tuple] = {}  # knot index -> (padded image, encoding), once per call
+        size = None
+
+        def knot(i):
+            nonlocal size
+            i = min(max(i, 0), n - 1)  # clamped at the block's (= the volume's) ends
+            if i not in cache:
+                img = torch.from_numpy((block[i].astype(np.float32) - lo) / span)
+                img, size = pad_to_multiple(img[None, None].to(dev), self.pad_multiple,
+                                            self.pad_multiple * 2)
+                cache[i] = (img, self.model.encode(img))
+            return cache[i]
+
+        for k, items in sorted(by_interval.items()):
+            (a, fa), (b, fb) = knot(k), knot(k + 1)
+            outer = None if self.knots == 2 else (knot(k - 1)[1], knot(k + 2)[1])
+            for i in [i for i in cache if i < k - 1]:  # intervals come in order
+                del cache[i]
             for j, t in items:
                 if t <= 0.0:
-                    res, fl = a, torch.zeros_like(pair[:1]).repeat(1, 2, 1, 1)
+                    res, fl = a, torch.zeros_like(a).repeat(1, 2, 1, 1)
                 elif t >= 1.0:
-                    res, fl = b, torch.zeros_like(pair[:1]).repeat(1, 2, 1, 1)
+                    res, fl = b, torch.zeros_like(a).repeat(1, 2, 1, 1)
                 else:
                     tt = torch.full((1,), t, device=dev)
-                    res, fl = self.model.decode(fa, fb, a, b, tt)
+                    res, fl = (self.model.decode(fa, fb, a, b, tt) if outer is None
+                               else self.model.decode(fa, fb, a, b, tt, outer))
                 img = crop_to(res, size)[0, 0].float().cpu().numpy() * span + lo
                 if self.texture and 0.0 < t < 1.0:
                     img = add_knot_texture(img, block[k] if t <= 0.5 else block[k + 1],

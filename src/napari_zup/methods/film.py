@@ -19,6 +19,16 @@ Architecture (all sizes in :data:`DEFAULT_ARCH`):
 Conditioning on ``t`` (a constant input plane) gives any position in (0, 1), so any factor,
 also fractional, comes out of one pass per output slice. The knots' pyramids are computed once
 per knot pair and reused for every slice between them.
+
+**Four knots** (``arch["knots"] = 4``): the outer knots ``z - 1`` and ``z + 2`` are seen too,
+as ``of-cubic`` sees them, so that a membrane that curves or a structure that appears between
+the knots is modelled by more than one straight motion. Their features are warped with the
+flows a constant motion would give them (``F_t->-1 = 2 F_t->0 - F_t->1``,
+``F_t->2 = 2 F_t->1 - F_t->0``) and fed to every flow estimator and decoder level, where a
+deviation from that motion shows as a misalignment the network can correct. At the volume
+ends the missing outer knot is the end knot itself (clamped, as of-cubic). The extra input
+channels come last and start at zero (:func:`expand_state`), so a 4-knot model made from a
+2-knot checkpoint computes exactly what the 2-knot one did until it is trained.
 """
 from __future__ import annotations
 
@@ -36,6 +46,7 @@ DEFAULT_ARCH = {
     "c1": 20,             # stage-1 feature channels (levels >= 1)
     "flow_width": [0, 32, 40, 48],   # hidden width of the flow estimator per level (0: none)
     "dec_width": [16, 24, 32, 48],   # fusion decoder width per level
+    "knots": 2,           # 2: the pair only; 4: also the outer knots z - 1 and z + 2
 }
 
 
@@ -47,34 +58,50 @@ def _act():
     return nn.LeakyReLU(0.2, inplace=True)
 
 
+def outer_flows(flows):
+    """Flows from the output slice to the outer knots under constant motion:
+    ``(F_t->-1, F_t->2) = (2 F_t->0 - F_t->1, 2 F_t->1 - F_t->0)``."""
+    f0, f1 = flows[:, :2], flows[:, 2:]
+    return 2 * f0 - f1, 2 * f1 - f0
+
+
 class _FlowEstimator(nn.Module):
-    def __init__(self, cfeat, width):
+    def __init__(self, cfeat, width, outer=False):
         super().__init__()
+        # the outer knots' warped features come last: a 2-knot checkpoint fills the first
+        # channels and the rest start at zero (expand_state)
         self.net = nn.Sequential(
-            _conv(2 * cfeat + 5, width), _act(), _conv(width, width), _act(),
-            _conv(width, width // 2), _act(), _conv(width // 2, 4))
+            _conv(2 * cfeat + 5 + (2 * cfeat if outer else 0), width), _act(),
+            _conv(width, width), _act(), _conv(width, width // 2), _act(),
+            _conv(width // 2, 4))
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
-    def forward(self, fa, fb, flows, tmap):
-        wa = backward_warp(fa, flows[:, :2])
-        wb = backward_warp(fb, flows[:, 2:])
-        return flows + self.net(torch.cat([wa, wb, flows, tmap], 1))
+    def forward(self, fa, fb, flows, tmap, outer=None):
+        parts = [backward_warp(fa, flows[:, :2]), backward_warp(fb, flows[:, 2:]), flows, tmap]
+        if outer is not None:
+            fm, fp = outer
+            om, op = outer_flows(flows)
+            parts += [backward_warp(fm, om), backward_warp(fp, op)]
+        return flows + self.net(torch.cat(parts, 1))
 
 
 class FilmNet(nn.Module):
     """FILM-style interpolator; ``encode`` once per knot, ``decode`` per output position."""
 
     def __init__(self, levels=4, c0=12, c1=20, flow_width=(0, 32, 40, 48),
-                 dec_width=(16, 24, 32, 48)):
+                 dec_width=(16, 24, 32, 48), knots=2):
         super().__init__()
-        self.levels = levels
+        if knots not in (2, 4):
+            raise ValueError(f"film: knots must be 2 or 4, got {knots!r}")
+        self.levels, self.knots = levels, knots
+        outer = knots == 4
         self.e0 = nn.Sequential(_conv(1, c0), _act(), _conv(c0, c0), _act())
         self.e1 = nn.Sequential(_conv(c0, c1, 2), _act(), _conv(c1, c1), _act())
         self.cfeat = [c0] + [c0 + c1] * (levels - 1)
         self.flow = nn.ModuleList(
-            [_FlowEstimator(self.cfeat[l], flow_width[l]) if flow_width[l] else nn.Identity()
-             for l in range(levels)])
+            [_FlowEstimator(self.cfeat[l], flow_width[l], outer) if flow_width[l]
+             else nn.Identity() for l in range(levels)])
         self.flow_levels = [l for l in range(levels) if flow_width[l]]
         # decoder: stack_l = warped imgs (2) + warped feats (2 cfeat) + flows (4) + t (1)
         self.dec_in = nn.ModuleList()
@@ -82,7 +109,8 @@ class FilmNet(nn.Module):
         for l in range(levels):
             stack = 2 + 2 * self.cfeat[l] + 5
             prev = dec_width[l + 1] if l + 1 < levels else 0
-            self.dec_in.append(nn.Sequential(_conv(stack + prev, dec_width[l]), _act(),
+            extra = 2 + 2 * self.cfeat[l] if outer else 0  # warped outer images + features
+            self.dec_in.append(nn.Sequential(_conv(stack + prev + extra, dec_width[l]), _act(),
                                              _conv(dec_width[l], dec_width[l]), _act()))
             self.dec_up.append(nn.Identity() if l + 1 >= levels else nn.Sequential(
                 nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
@@ -101,15 +129,25 @@ class FilmNet(nn.Module):
             feats.append(torch.cat([f0[l], self.e1(f0[l - 1])], 1))
         return imgs, feats
 
-    def decode(self, enc_a, enc_b, a, b, t):
-        imgs_a, fa = enc_a
-        imgs_b, fb = enc_b
+    def decode(self, enc_a, enc_b, a, b, t, outer=None):
+        """``outer`` (4 knots): the encodings ``(enc_m, enc_p)`` of knots z - 1 and z + 2."""
+        if (outer is None) != (self.knots == 2):
+            raise ValueError(f"this film model uses {self.knots} knots: pass the outer knots' "
+                             "encodings exactly when it has 4")
         n = t.shape[0]
-        if fa[0].shape[0] != n:  # one knot pair, several positions
-            fa = [f.expand(n, -1, -1, -1) for f in fa]
-            fb = [f.expand(n, -1, -1, -1) for f in fb]
-            imgs_a = [x.expand(n, -1, -1, -1) for x in imgs_a]
-            imgs_b = [x.expand(n, -1, -1, -1) for x in imgs_b]
+
+        def expand(enc):
+            imgs, feats = enc
+            if feats[0].shape[0] == n:
+                return imgs, feats
+            # one knot pair, several positions
+            return ([x.expand(n, -1, -1, -1) for x in imgs],
+                    [f.expand(n, -1, -1, -1) for f in feats])
+
+        imgs_a, fa = expand(enc_a)
+        imgs_b, fb = expand(enc_b)
+        if outer is not None:
+            (imgs_m, fm), (imgs_p, fp) = expand(outer[0]), expand(outer[1])
         t4 = t.view(-1, 1, 1, 1).to(fa[0].dtype)
         top = self.levels - 1
         flows_per_level = [None] * self.levels
@@ -120,7 +158,8 @@ class FilmNet(nn.Module):
                                    upsample_flow(flows[:, 2:], fa[l].shape[-2:])], 1)
             if l in self.flow_levels:
                 tmap = t4.expand(-1, 1, *fa[l].shape[-2:])
-                flows = self.flow[l](fa[l], fb[l], flows, tmap)
+                flows = self.flow[l](fa[l], fb[l], flows, tmap,
+                                     None if outer is None else (fm[l], fp[l]))
             flows_per_level[l] = flows
         x = None
         for l in range(top, -1, -1):
@@ -133,6 +172,10 @@ class FilmNet(nn.Module):
             parts = [wia, wib, wfa, wfb, fl, tmap]
             if x is not None:
                 parts.append(self.dec_up[l](x))
+            if outer is not None:
+                om, op = outer_flows(fl)
+                parts += [backward_warp(imgs_m[l], om), backward_warp(imgs_p[l], op),
+                          backward_warp(fm[l], om), backward_warp(fp[l], op)]
             x = self.dec_in[l](torch.cat(parts, 1))
             if l == 0:
                 wa0, wb0 = wia, wib
@@ -145,14 +188,39 @@ class FilmNet(nn.Module):
         # displacement first knot -> second knot seen at the output slice's location
         return out, fl0[:, 2:] - fl0[:, :2]
 
-    def forward(self, a, b, t):
-        return self.decode(self.encode(a), self.encode(b), a, b, t)
+    def forward(self, a, b, t, outer=None):
+        """``outer``: images ``(m, p)`` of knots z - 1 and z + 2 (4-knot models only)."""
+        enc_outer = None if outer is None else (self.encode(outer[0]), self.encode(outer[1]))
+        return self.decode(self.encode(a), self.encode(b), a, b, t, enc_outer)
 
 
 def build_film(arch: dict) -> FilmNet:
     arch = {**DEFAULT_ARCH, **arch}
     return FilmNet(arch["levels"], arch["c0"], arch["c1"], tuple(arch["flow_width"]),
-                   tuple(arch["dec_width"]))
+                   tuple(arch["dec_width"]), int(arch.get("knots", 2)))
+
+
+def expand_state(state: dict, model: nn.Module) -> dict:
+    """``state`` (e.g. a 2-knot checkpoint) as a state dict for ``model`` (e.g. 4 knots):
+    tensors of equal shape are copied; a convolution with more input channels gets the old
+    weights in its first channels and zeros in the new ones (which is where the outer knots'
+    inputs are), so the model computes what the old one did. Other mismatches are refused."""
+    out = {}
+    for k, new in model.state_dict().items():
+        old = state.get(k)
+        if old is None:
+            raise ValueError(f"the starting checkpoint has no {k!r}: another architecture")
+        if old.shape == new.shape:
+            out[k] = old.clone()
+        elif old.ndim == 4 and old.shape[0] == new.shape[0] and old.shape[2:] == new.shape[2:] \
+                and old.shape[1] < new.shape[1]:
+            w = torch.zeros_like(new)
+            w[:, :old.shape[1]] = old
+            out[k] = w
+        else:
+            raise ValueError(f"{k!r}: shape {tuple(old.shape)} cannot start "
+                             f"{tuple(new.shape)}")
+    return out
 
 
 class Film(LearnedPairMethod):

@@ -63,6 +63,9 @@ def build_parser(method: str) -> argparse.ArgumentParser:
                    help="(niiv, a2i) decimate = thin sections (default), pool = thick sections")
     p.add_argument("--rows", type=int, default=None,
                    help="(niiv, a2i) low-resolution rows per patch")
+    p.add_argument("--knots", type=int, choices=(2, 4), default=None,
+                   help="(film) 4: also see the outer knots z-1 and z+2 (started from a 2-knot "
+                        "checkpoint, the new inputs start at zero); default: the checkpoint's")
     return p
 
 
@@ -88,13 +91,16 @@ def config_from_args(method: str, argv: list[str]) -> TrainConfig:
         init = args.init
     else:
         init = None if args.from_scratch else "bundled"
+    if args.knots is not None and method != "film":
+        p.error(f"--knots applies to film only, not {method}")
     data = args.data if len(args.data) > 1 else args.data[0]
     return TrainConfig(
         method, data, out=args.out, val=args.val, minutes=args.minutes, steps=args.steps,
         eval_every=args.eval_every, lr=args.lr, batch=args.batch, crop=args.crop,
         device=args.device, init=init, resume=args.resume,
         self_supervised=args.self_supervised, augment=args.augment, seed=args.seed,
-        factors=factors, degradation=args.degradation or "decimate", rows=args.rows)
+        factors=factors, degradation=args.degradation or "decimate", rows=args.rows,
+        arch={"knots": args.knots} if args.knots else None)
 
 
 def main(method: str, argv: list[str]) -> int:

@@ -50,15 +50,19 @@ def _build(method: str, arch: dict | None):
 # -- data -------------------------------------------------------------------------------------
 
 class TupleSampler:
-    """Random training tuples ``(a, b, t, target)`` as float32 arrays (B, 1, c, c).
+    """Random training tuples ``(a, b, t, target)`` as float32 arrays (B, 1, c, c); with
+    ``knots=4`` ``(a, b, t, target, m, p)``, ``m``/``p`` the outer knots one interval before
+    ``a`` and after ``b`` (each replaced by its inner neighbour with probability 0.1, as at the
+    volume ends, where the engine clamps them).
 
     ``stacks``: arrays (scaled to [0, 1] here, or already when ``scaled``); ``augment``:
     geometry and intensity jitter; ``degrade``: the ``--augment`` degradations."""
 
     def __init__(self, stacks, factors=(2, 4, 8), crop=96, self_supervised=False,
-                 augment=True, seed=0, degrade=False, scaled=False):
+                 augment=True, seed=0, degrade=False, scaled=False, knots=2):
         self.rng = np.random.default_rng(seed)
         self.crop, self.augment, self.degrade = crop, augment, degrade
+        self.knots = knots
         self.self_supervised = self_supervised
         self.views = []  # contiguous (z, y, x) views; each axis of isotropic cubes as z
         for s in stacks:
@@ -76,33 +80,44 @@ class TupleSampler:
                                 f"use --crop {min(small[0])} or less")
         # self-supervised: only the stack's own z axis, (z-1, z+1) -> z by default
         factors = factors or ((2,) if self_supervised else (2, 4, 8))
-        self.factors = [f for f in factors if any(len(v) > f for v in self.views)]
+        self.factors = [f for f in factors if any(len(v) > self._span(f) for v in self.views)]
         if not self.factors:
             raise TrainingError("the stacks are too short for the requested factors")
 
+    def _span(self, f):
+        """Sections a tuple at factor ``f`` spans beyond its first knot."""
+        return 3 * f if self.knots == 4 else f
+
     def sample(self, batch):
         c = self.crop
-        a = np.empty((batch, 1, c, c), np.float32)
-        b = np.empty_like(a)
-        y = np.empty_like(a)
+        four = self.knots == 4
+        imgs = np.empty((5 if four else 3, batch, 1, c, c), np.float32)
         t = np.empty(batch, np.float32)
         rng = self.rng
         for i in range(batch):
             f = int(rng.choice(self.factors))
             v = self.views[rng.integers(len(self.views))]
-            while len(v) <= f:
+            while len(v) <= self._span(f):
                 v = self.views[rng.integers(len(self.views))]
-            z = int(rng.integers(0, len(v) - f))
+            z = int(rng.integers(f if four else 0, len(v) - (2 * f if four else f)))
             k = int(rng.integers(1, f))
             y0 = int(rng.integers(0, v.shape[1] - c + 1))
             x0 = int(rng.integers(0, v.shape[2] - c + 1))
-            trip = np.stack([v[z, y0:y0 + c, x0:x0 + c], v[z + f, y0:y0 + c, x0:x0 + c],
-                             v[z + k, y0:y0 + c, x0:x0 + c]])
+            # order: a, b, target (, m, p): the knots' sections
+            zs = [z, z + f, z + k] + ([z - f, z + 2 * f] if four else [])
+            if four:  # an end of the volume: the outer knot is the end knot (clamped)
+                if rng.random() < 0.1:
+                    zs[3] = z
+                if rng.random() < 0.1:
+                    zs[4] = z + f
+            trip = np.stack([v[zz, y0:y0 + c, x0:x0 + c] for zz in zs])
             if self.degrade and f >= 2 and rng.random() < 0.2:
                 # thick sections: each knot the mean of the sections around it (the target
                 # stays one thin section: what a thin-section reconstruction should show)
                 h = max(1, f // 2)
-                for j, zk in ((0, z), (1, z + f)):
+                for j, zk in enumerate(zs):
+                    if j == 2:
+                        continue
                     lo_, hi_ = max(zk - h + 1, 0), min(zk + h, len(v))
                     trip[j] = v[lo_:hi_, y0:y0 + c, x0:x0 + c].mean(0)
             tt = k / f
@@ -113,7 +128,7 @@ class TupleSampler:
                     trip = trip[:, ::-1]
                 trip = np.rot90(trip, int(rng.integers(4)), axes=(1, 2))
                 if rng.random() < 0.5:  # z reversal
-                    trip = trip[[1, 0, 2]]
+                    trip = trip[[1, 0, 2, 4, 3] if four else [1, 0, 2]]
                     tt = 1.0 - tt
                 gain = rng.uniform(0.8, 1.2)
                 gamma = math.exp(rng.uniform(-0.25, 0.25))
@@ -121,16 +136,16 @@ class TupleSampler:
                 trip = np.clip(np.clip(trip, 0, 1) ** gamma * gain + off, 0, 1)
             if self.degrade:  # what users' data differ in (EVALUATION.md "Robustness")
                 trip = degrade_tuple(trip, rng)
-            a[i, 0], b[i, 0], y[i, 0] = trip
+            imgs[:, i, 0] = trip
             t[i] = tt
-        return a, b, t, y
+        return (imgs[0], imgs[1], t, imgs[2]) + ((imgs[3], imgs[4]) if four else ())
 
 
 def validation_set(stack, factors=None, per_factor=16, crop=128, seed=1234,
-                   self_supervised=False, scaled=False):
+                   self_supervised=False, scaled=False, knots=2):
     """A fixed set of validation tuples (no augmentation) from ``stack``."""
     s = TupleSampler([stack], factors, crop, self_supervised, augment=False, seed=seed,
-                     scaled=scaled)
+                     scaled=scaled, knots=knots)
     out = []
     for f in s.factors:
         s.factors = [f]
@@ -171,6 +186,7 @@ def preview_plane(model, volume01, factor: int, device="cpu", width=160, rows=32
     from ..methods._torch_common import crop_to, pad_to_multiple
 
     z, h, w = volume01.shape
+    four = getattr(model, "knots", 2) == 4
     y0 = max(0, h // 2 - rows // 2)
     strip = torch.from_numpy(np.ascontiguousarray(volume01[:, y0:y0 + rows, :min(width, w)]))
     strip, size = pad_to_multiple(strip[:, None].to(device), 8, 16)
@@ -181,7 +197,9 @@ def preview_plane(model, volume01, factor: int, device="cpu", width=160, rows=32
     with torch.no_grad():
         enc = [model.encode(strip[k:k + 1]) for k in range(z)]
         for k in range(z - 1):
-            res, _ = model.decode(enc[k], enc[k + 1], strip[k:k + 1], strip[k + 1:k + 2], ts)
+            outer = (enc[max(k - 1, 0)], enc[min(k + 2, z - 1)]) if four else None
+            res, _ = model.decode(enc[k], enc[k + 1], strip[k:k + 1], strip[k + 1:k + 2], ts,
+                                  *([outer] if four else []))
             out[k * factor] = strip[k, 0]
             for j in range(factor - 1):
                 out[k * factor + j + 1] = res[j, 0]
@@ -227,11 +245,15 @@ class PairFamily(Family):
     def _factors(self, cfg):
         return tuple(cfg.factors) if cfg.factors else None
 
+    @staticmethod
+    def _knots(cfg):
+        return int((cfg.arch or {}).get("knots", 2))
+
     def sampler(self, stacks, cfg):
         crop = cfg.crop or 96
         return TupleSampler([s.data for s in stacks], self._factors(cfg), crop,
                             cfg.self_supervised, augment=True, seed=cfg.seed, degrade=cfg.augment,
-                            scaled=True)
+                            scaled=True, knots=self._knots(cfg))
 
     def validation(self, stacks, cfg):
         v = stacks[0].data
@@ -239,23 +261,32 @@ class PairFamily(Family):
             raise TrainingError(f"validation sections of {v.shape[1]}x{v.shape[2]} pixels are "
                                 "too small (need 16x16 or more)")
         vset = validation_set(v, self._factors(cfg), 8, min(128, *v.shape[1:]),
-                              self_supervised=cfg.self_supervised, scaled=True)
+                              self_supervised=cfg.self_supervised, scaled=True,
+                              knots=self._knots(cfg))
         if cfg.augment:  # the same tuples degraded too: keep-best judges what was trained for
             rng = np.random.default_rng(4321)
             deg = []
-            for a, b, t, y in vset:
-                trip = np.stack([a[:, 0], b[:, 0], y[:, 0]], 1)  # (B, 3, c, c)
-                trip = np.stack([degrade_tuple(x, rng) for x in trip])
-                deg.append((trip[:, :1], trip[:, 1:2], t, trip[:, 2:3]))
+            for batch in vset:
+                imgs = [x for j, x in enumerate(batch) if j != 2]  # every image but t
+                tup = np.stack([x[:, 0] for x in imgs], 1)  # (B, images, c, c)
+                tup = np.stack([degrade_tuple(x, rng) for x in tup])
+                parts = [tup[:, j:j + 1] for j in range(tup.shape[1])]
+                deg.append(tuple(parts[:2]) + (batch[2],) + tuple(parts[2:]))
             vset = vset + deg
         return vset
 
     def predict(self, model, batch, device):
         import torch
 
-        a, b, t, y = (torch.from_numpy(np.ascontiguousarray(x)).to(device) for x in batch)
-        pred, _ = model(a, b, t)
+        a, b, t, y, *outer = (torch.from_numpy(np.ascontiguousarray(x)).to(device)
+                              for x in batch)
+        pred, _ = model(a, b, t, tuple(outer)) if outer else model(a, b, t)
         return pred, y
+
+    def start_state(self, state, model):
+        from ..methods.film import FilmNet, expand_state
+
+        return expand_state(state, model) if isinstance(model, FilmNet) else state
 
     def loss(self, method, pred, target):
         return interpolation_loss(pred, target)
@@ -268,7 +299,7 @@ class PairFamily(Family):
 
     def metadata(self, cfg, sampler):
         return {"factor_range": [1, 2] if cfg.self_supervised else [1, 8],
-                "training": {"factors": list(sampler.factors),
+                "training": {"factors": list(sampler.factors), "knots": sampler.knots,
                              "loss": "L1 + 0.1 LapPyr-L1 + 0.1 grad-L1"}}
 
 

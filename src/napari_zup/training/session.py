@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -128,8 +128,6 @@ def _normalise_stacks(stacks: list[Stack], val: Stack | None, init_meta):
     it (:mod:`napari_zup.intensity`): to the starting checkpoint's reference, or, from
     scratch, to the training stacks' pooled percentiles (so stacks of different contrast
     meet in one range). The reference goes into the trained checkpoint."""
-    from dataclasses import replace
-
     from ..intensity import (normalise_unit_stack, reference_metadata, reference_of,
                              sample_values)
 
@@ -191,6 +189,11 @@ class Family(ABC):
 
     def preview(self, model, stack: Stack, cfg: "TrainConfig", device) -> np.ndarray | None:
         return None
+
+    def start_state(self, state: dict, model) -> dict:
+        """A starting checkpoint's ``state`` as a state dict of ``model`` (same architecture:
+        unchanged)."""
+        return state
 
     def metadata(self, cfg: "TrainConfig", sampler) -> dict:
         return {}
@@ -300,9 +303,16 @@ class TrainingSession:
                                     "train with --from-scratch")
             init_state, init_meta = load_checkpoint(path, cfg.method)
             self.init_state, self.init_path = init_state, str(path)
-            arch = init_meta.get("arch") or arch
+            # the checkpoint's architecture, with what the user asked to change (--knots)
+            arch = {**(init_meta.get("arch") or {}), **(cfg.arch or {})}
             self.init_name = "bundled " + path.name if cfg.init == "bundled" else path.name
         state = self._load_state() if cfg.resume else None
+        if state is not None:
+            arch = json.loads(state["arch"])
+        self.model, self.arch = fam.build(cfg.method, arch)
+        self.cfg = cfg = replace(cfg, arch=self.arch)  # the samplers read it (e.g. knots)
+        if init_state is not None:  # in this architecture (e.g. 2 knots -> 4: zeros added)
+            init_state = self.init_state = fam.start_state(init_state, self.model)
         items = cfg.data if isinstance(cfg.data, (list, tuple)) else [cfg.data]
         stacks = [Stack.of(x) for x in items]
         val_stack = Stack.of(cfg.val) if cfg.val is not None else None
@@ -315,9 +325,6 @@ class TrainingSession:
             train_st, val_st, self.held_out = fam.split(stacks, cfg)
         self.sampler = fam.sampler(train_st, cfg)
         self.vset = fam.validation(val_st, cfg)
-        if state is not None:
-            arch = json.loads(state["arch"])
-        self.model, self.arch = fam.build(cfg.method, arch)
         if init_state is not None:
             self.model.load_state_dict(init_state)
         self.model.to(self.dev).train()
@@ -339,7 +346,8 @@ class TrainingSession:
             self.start_scores, self.init_name = start.get("scores"), start.get("init")
             self.init_path = start.get("path")
             if self.init_path and Path(self.init_path).is_file():  # to fall back to it
-                self.init_state = load_checkpoint(self.init_path, cfg.method)[0]
+                self.init_state = fam.start_state(load_checkpoint(self.init_path, cfg.method)[0],
+                                                  self.model)
             self.sampler.rng = np.random.default_rng(cfg.seed + self.step)
         self.out.parent.mkdir(parents=True, exist_ok=True)
 

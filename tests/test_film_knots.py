@@ -1,0 +1,180 @@
+"""film with four knots (z-1, z, z+1, z+2): started from a 2-knot checkpoint it computes the
+same; the engine hands it the outer knots (clamped at the volume ends); the sampler cuts
+4-knot tuples; a tiny 4-knot model overfits what a pair cannot see; tiled equals untiled."""
+import numpy as np
+import pytest
+import torch
+
+from napari_zup.checkpoints import default_checkpoint, load_checkpoint, save_checkpoint
+from napari_zup.engine import reconstruct
+from napari_zup.methods import create_method
+from napari_zup.methods.film import build_film, expand_state, outer_flows
+from napari_zup.training.interp import TupleSampler
+
+TINY = {"c0": 4, "c1": 6, "flow_width": [0, 8, 8, 8], "dec_width": [6, 8, 8, 8]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads(one_torch_thread):
+    """One torch thread for the whole module (conftest.one_torch_thread)."""
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_checkpoint(default_checkpoint("film"))
+
+
+def _four_knot_checkpoint(path, bundled, noise=0.0):
+    """The bundled film as a 4-knot model; ``noise`` > 0 perturbs the new (zero) weights so
+    that the outer knots change the output."""
+    sd, meta = bundled
+    model = build_film({**meta["arch"], "knots": 4})
+    state = expand_state(sd, model)
+    if noise:
+        g = torch.Generator().manual_seed(0)
+        for k, v in state.items():
+            if k in sd and v.shape != sd[k].shape:
+                v[:, sd[k].shape[1]:] = torch.randn(v[:, sd[k].shape[1]:].shape,
+                                                   generator=g) * noise
+    save_checkpoint(path, state, {**{k: v for k, v in meta.items()
+                                     if k not in ("tensors_sha256", "format")},
+                                  "arch": {**meta["arch"], "knots": 4}})
+    return path
+
+
+def _moving(n=6, h=48, w=56, seed=0):
+    """A real-looking texture moving on a curved path (accelerating in x)."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(0, 1, (h + 40, w + 40))
+    import cv2
+
+    base = cv2.GaussianBlur(base, (0, 0), 2.0)
+    base = (base - base.min()) / np.ptp(base) * 200 + 25
+    out = []
+    for z in range(n):
+        dx = 0.6 * z * z  # 0, 0.6, 2.4, 5.4, ...: a curved trajectory
+        m = np.float32([[1, 0, dx], [0, 1, 0]])
+        out.append(cv2.warpAffine(base.astype(np.float32), m, base.shape[::-1],
+                                  flags=cv2.INTER_LINEAR)[20:20 + h, 20:20 + w])
+    return np.stack(out).clip(0, 255).astype(np.uint8)
+
+
+def test_four_knot_model_from_a_two_knot_checkpoint_computes_the_same(bundled):
+    sd, meta = bundled
+    m2, m4 = build_film(meta["arch"]).eval(), build_film({**meta["arch"], "knots": 4}).eval()
+    m2.load_state_dict(sd)
+    m4.load_state_dict(expand_state(sd, m4))
+    x = torch.rand(4, 1, 48, 56)
+    with torch.no_grad():
+        o2, f2 = m2(x[1:2], x[2:3], torch.tensor([0.3]))
+        o4, f4 = m4(x[1:2], x[2:3], torch.tensor([0.3]), (x[:1], x[3:]))
+    assert float((o2 - o4).abs().max()) < 1e-5 and float((f2 - f4).abs().max()) < 1e-4
+    with pytest.raises(ValueError, match="4 knots"):
+        m4(x[1:2], x[2:3], torch.tensor([0.3]))  # a 4-knot model needs its outer knots
+    with pytest.raises(ValueError, match="cannot start"):
+        expand_state({**sd, "head.weight": torch.zeros(3, 1, 3, 3)}, m4)
+
+
+def test_outer_flows_follow_a_constant_motion():
+    v = torch.randn(1, 2, 5, 5)
+    t = 0.3
+    flows = torch.cat([-t * v, (1 - t) * v], 1)  # F_t->0, F_t->1 of a constant motion v
+    fm, fp = outer_flows(flows)
+    torch.testing.assert_close(fm, (-1 - t) * v)
+    torch.testing.assert_close(fp, (2 - t) * v)
+
+
+def test_engine_gives_the_outer_knots_and_clamps_them_at_the_ends(tmp_path, bundled):
+    """Through the engine (z_context 1) every interval sees its outer knots; at the volume
+    ends the missing one is the end knot: the same as rendering with it duplicated."""
+    path = _four_knot_checkpoint(tmp_path / "k4.safetensors", bundled, noise=0.05)
+    m = create_method("film", checkpoint=path, device="cpu")
+    assert m.knots == 4 and m.z_context == 1
+    vol = _moving(5)
+    out = reconstruct(vol, m, 4)
+    assert out.shape == (17, 48, 56)
+    np.testing.assert_array_equal(out[::4], vol)
+    # the first interval with knot -1 := knot 0, rendered by hand
+    vr = (0.0, 255.0)
+    dup = np.concatenate([vol[:1], vol[:3]])  # knots 0, 0, 1, 2: interval 1 of this block
+    by_hand = m.render(dup, [1.25, 1.5, 1.75], value_range=vr).slices
+    np.testing.assert_array_equal(out[1:4], by_hand)
+    # the outer knots matter (the perturbed new weights): an interior interval differs from
+    # the one rendered with its outer knots replaced by the inner ones
+    inner = np.stack([vol[1], vol[1], vol[2], vol[2]])
+    other = m.render(inner, [1.5], value_range=vr).slices[0]
+    assert np.abs(other.astype(int) - out[6].astype(int)).mean() > 0.1
+    # tiled equals untiled (halo 64 covers the receptive field)
+    tiled = reconstruct(vol, m, 4, tile_size=24)
+    diff = np.abs(out.astype(int) - tiled.astype(int))
+    assert diff.max() <= 2 and diff.mean() < 0.05, (diff.max(), diff.mean())
+
+
+def test_sampler_cuts_four_knot_tuples_in_order():
+    """Values encode the section index, so each image of a tuple says where it came from."""
+    z = np.arange(40, dtype=np.float32)
+    cube = np.broadcast_to(z[:, None, None] / 40.0, (40, 40, 40)).copy()
+    s = TupleSampler([cube], factors=(2, 4), crop=16, augment=False, seed=0, scaled=True,
+                     knots=4, self_supervised=True)
+    a, b, t, y, m, p = s.sample(64)
+    ia, ib, iy, im, ip = (np.rint(x[:, 0, 0, 0] * 40).astype(int) for x in (a, b, y, m, p))
+    f = ib - ia
+    assert set(f) <= {2, 4} and (iy > ia).all() and (iy < ib).all()
+    assert np.allclose(t, (iy - ia) / f)
+    clamped_m, clamped_p = im == ia, ip == ib
+    assert ((im == ia - f) | clamped_m).all() and ((ip == ib + f) | clamped_p).all()
+    assert 0 < clamped_m.mean() < 0.3 and 0 < clamped_p.mean() < 0.3  # ~10 %: the ends
+
+
+def test_tiny_four_knot_model_overfits_what_a_pair_cannot_see():
+    """Two toy sequences with the same inner pair but different outer knots (bright vs dark)
+    and middles that differ by the outer knots (brighter vs darker). A pair model sees the
+    same input twice: its summed L1 cannot fall below |y_A - y_B| = 0.2 (triangle
+    inequality). A tiny 4-knot model overfits both, well under that floor."""
+    pair = _moving(2, 32, 32).astype(np.float32) / 255.0
+    a, b = (torch.from_numpy(x)[None, None] for x in pair)
+    mid = 0.5 * (a + b)
+    seqs = [(torch.full_like(a, 0.8), torch.full_like(a, 0.8), mid + 0.1),
+            (torch.full_like(a, 0.2), torch.full_like(a, 0.2), mid - 0.1)]
+    floor = float((seqs[0][2] - seqs[1][2]).abs().mean())
+    assert abs(floor - 0.2) < 1e-4
+    losses = {}
+    for knots in (2, 4):
+        torch.manual_seed(0)
+        model = build_film({**TINY, "knots": knots})
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(150):
+            loss = 0
+            for m, p, y in seqs:
+                t = torch.tensor([0.5])
+                out, _ = model(a, b, t, (m, p)) if knots == 4 else model(a, b, t)
+                loss = loss + (out - y).abs().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        losses[knots] = float(loss.detach())
+    assert losses[2] >= floor - 1e-3, losses   # the pair model is held at the floor
+    assert losses[4] < 0.4 * floor, losses      # the 4-knot one is not
+
+
+def test_train_cli_knots_option(tmp_path, capsys):
+    """``zup train film --knots 4`` starts a 4-knot model from the bundled 2-knot one; the
+    option is refused for other methods."""
+    import tifffile
+
+    from napari_zup.training.cli import main
+
+    vol = _moving(14, 40, 40)
+    for name in ("a", "b"):
+        tifffile.imwrite(tmp_path / f"{name}.tif", vol, imagej=True)
+    out = tmp_path / "k4.safetensors"
+    rc = main("film", ["--data", str(tmp_path / "a.tif"), "--val", str(tmp_path / "b.tif"),
+                       "--knots", "4", "--steps", "2", "--eval-every", "1", "--batch", "2",
+                       "--crop", "32", "--factor", "2", "--device", "cpu", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    _, meta = load_checkpoint(out, "film")
+    assert meta["arch"]["knots"] == 4 and meta["training"]["knots"] == 4
+    assert create_method("film", checkpoint=out, device="cpu").z_context == 1
+    with pytest.raises(SystemExit):
+        main("tsain", ["--data", str(tmp_path / "a.tif"), "--knots", "4", "--steps", "1"])
+    assert "--knots applies to film only" in capsys.readouterr().err
