@@ -19,27 +19,16 @@ def _threads(one_torch_thread):
     """One torch thread for the whole module (conftest.one_torch_thread)."""
 
 
-@pytest.fixture(scope="module")
-def bundled():
-    return load_checkpoint(default_checkpoint("film"))
-
-
-def _four_knot_checkpoint(path, bundled, noise=0.0):
-    """The bundled film as a 4-knot model; ``noise`` > 0 perturbs the new (zero) weights so
-    that the outer knots change the output."""
-    sd, meta = bundled
-    model = build_film({**meta["arch"], "knots": 4})
-    state = expand_state(sd, model)
-    if noise:
-        g = torch.Generator().manual_seed(0)
-        for k, v in state.items():
-            if k in sd and v.shape != sd[k].shape:
-                v[:, sd[k].shape[1]:] = torch.randn(v[:, sd[k].shape[1]:].shape,
-                                                   generator=g) * noise
-    save_checkpoint(path, state, {**{k: v for k, v in meta.items()
-                                     if k not in ("tensors_sha256", "format")},
-                                  "arch": {**meta["arch"], "knots": 4}})
-    return path
+def _random_two_knot(seed=0):
+    """A 2-knot film of the bundled architecture with random weights (the zero-initialised
+    head perturbed too, so that the output is more than the linear blend)."""
+    torch.manual_seed(seed)
+    arch = {k: v for k, v in load_checkpoint(default_checkpoint("film"))[1]["arch"].items()
+            if k != "knots"}
+    model = build_film({**arch, "knots": 2})
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.05)
+    return model.eval(), arch
 
 
 def _moving(n=6, h=48, w=56, seed=0):
@@ -59,20 +48,33 @@ def _moving(n=6, h=48, w=56, seed=0):
     return np.stack(out).clip(0, 255).astype(np.uint8)
 
 
-def test_four_knot_model_from_a_two_knot_checkpoint_computes_the_same(bundled):
-    sd, meta = bundled
-    m2, m4 = build_film(meta["arch"]).eval(), build_film({**meta["arch"], "knots": 4}).eval()
-    m2.load_state_dict(sd)
+def test_four_knot_model_from_a_two_knot_checkpoint_computes_the_same():
+    m2, arch = _random_two_knot()
+    sd = m2.state_dict()
+    m4 = build_film({**arch, "knots": 4}).eval()
     m4.load_state_dict(expand_state(sd, m4))
     x = torch.rand(4, 1, 48, 56)
     with torch.no_grad():
         o2, f2 = m2(x[1:2], x[2:3], torch.tensor([0.3]))
         o4, f4 = m4(x[1:2], x[2:3], torch.tensor([0.3]), (x[:1], x[3:]))
+        blend = 0.7 * x[1:2] + 0.3 * x[2:3]
+    assert float((o2 - blend).abs().mean()) > 1e-3  # more than the blend: a real test
     assert float((o2 - o4).abs().max()) < 1e-5 and float((f2 - f4).abs().max()) < 1e-4
     with pytest.raises(ValueError, match="4 knots"):
         m4(x[1:2], x[2:3], torch.tensor([0.3]))  # a 4-knot model needs its outer knots
     with pytest.raises(ValueError, match="cannot start"):
         expand_state({**sd, "head.weight": torch.zeros(3, 1, 3, 3)}, m4)
+
+
+def test_bundled_film_is_the_four_knot_model():
+    sd, meta = load_checkpoint(default_checkpoint("film"))
+    assert meta["arch"]["knots"] == 4 and meta["training"]["rounds"][-1]["knots"] == 4
+    m = create_method("film", device="cpu")
+    assert m.knots == 4 and m.z_context == 1
+    # the outer knots' decoder inputs were trained: not the zeros they started from
+    w = m.model.dec_in[0][0].weight
+    extra = 2 + 2 * m.model.cfeat[0]  # warped outer images + features, the last channels
+    assert float(w.detach()[:, -extra:].abs().max()) > 1e-3
 
 
 def test_outer_flows_follow_a_constant_motion():
@@ -84,11 +86,10 @@ def test_outer_flows_follow_a_constant_motion():
     torch.testing.assert_close(fp, (2 - t) * v)
 
 
-def test_engine_gives_the_outer_knots_and_clamps_them_at_the_ends(tmp_path, bundled):
+def test_engine_gives_the_outer_knots_and_clamps_them_at_the_ends():
     """Through the engine (z_context 1) every interval sees its outer knots; at the volume
     ends the missing one is the end knot: the same as rendering with it duplicated."""
-    path = _four_knot_checkpoint(tmp_path / "k4.safetensors", bundled, noise=0.05)
-    m = create_method("film", checkpoint=path, device="cpu")
+    m = create_method("film", device="cpu")  # the bundled 4-knot model
     assert m.knots == 4 and m.z_context == 1
     vol = _moving(5)
     out = reconstruct(vol, m, 4)
@@ -99,7 +100,10 @@ def test_engine_gives_the_outer_knots_and_clamps_them_at_the_ends(tmp_path, bund
     dup = np.concatenate([vol[:1], vol[:3]])  # knots 0, 0, 1, 2: interval 1 of this block
     by_hand = m.render(dup, [1.25, 1.5, 1.75], value_range=vr).slices
     np.testing.assert_array_equal(out[1:4], by_hand)
-    # the outer knots matter (the perturbed new weights): an interior interval differs from
+    # its flows (Flow view, Vectors layer): one field per restored slice, and they see motion
+    fl = m.render(vol[1:5], [1.5], value_range=vr, want_flows=True).flows[0]
+    assert fl.shape == (48, 56, 2) and np.isfinite(fl).all() and np.abs(fl).mean() > 0.1
+    # the outer knots matter (their trained weights): an interior interval differs from
     # the one rendered with its outer knots replaced by the inner ones
     inner = np.stack([vol[1], vol[1], vol[2], vol[2]])
     other = m.render(inner, [1.5], value_range=vr).slices[0]
@@ -124,6 +128,21 @@ def test_sampler_cuts_four_knot_tuples_in_order():
     clamped_m, clamped_p = im == ia, ip == ib
     assert ((im == ia - f) | clamped_m).all() and ((ip == ib + f) | clamped_p).all()
     assert 0 < clamped_m.mean() < 0.3 and 0 < clamped_p.mean() < 0.3  # ~10 %: the ends
+
+
+def test_sampler_clamps_the_outer_knots_of_a_short_stack():
+    """5 sections at factor 2 leave no room for z - 2 and z + 4: the outer knots are the end
+    knots (as in the engine), not a refusal (a 5-section hold-out must validate)."""
+    z = np.arange(5, dtype=np.float32)
+    cube = np.broadcast_to(z[:, None, None] / 5.0, (5, 24, 24)).copy()
+    s = TupleSampler([cube], factors=(2,), crop=16, augment=False, seed=0, scaled=True,
+                     knots=4, self_supervised=True)
+    a, b, t, y, m, p = s.sample(32)
+    ia, ib, im, ip = (np.rint(x[:, 0, 0, 0] * 5).astype(int) for x in (a, b, m, p))
+    assert ((ib - ia) == 2).all() and (ia >= 0).all() and (ib <= 4).all()
+    assert ((im == ia - 2) | (im == ia)).all() and ((ip == ib + 2) | (ip == ib)).all()
+    assert (im >= 0).all() and (ip <= 4).all()
+    assert (im[ia < 2] == ia[ia < 2]).all() and (ip[ib > 2] == ib[ib > 2]).all()
 
 
 def test_tiny_four_knot_model_overfits_what_a_pair_cannot_see():
@@ -158,7 +177,7 @@ def test_tiny_four_knot_model_overfits_what_a_pair_cannot_see():
 
 
 def test_train_cli_knots_option(tmp_path, capsys):
-    """``zup train film --knots 4`` starts a 4-knot model from the bundled 2-knot one; the
+    """``zup train film --knots 4`` trains a 4-knot model (the bundled film is one); the
     option is refused for other methods."""
     import tifffile
 

@@ -53,7 +53,8 @@ class TupleSampler:
     """Random training tuples ``(a, b, t, target)`` as float32 arrays (B, 1, c, c); with
     ``knots=4`` ``(a, b, t, target, m, p)``, ``m``/``p`` the outer knots one interval before
     ``a`` and after ``b`` (each replaced by its inner neighbour with probability 0.1, as at the
-    volume ends, where the engine clamps them).
+    volume ends, where the engine clamps them; a stack too short for them, e.g. a few
+    held-out sections, gives tuples clamped the same way at its ends).
 
     ``stacks``: arrays (scaled to [0, 1] here, or already when ``scaled``); ``augment``:
     geometry and intensity jitter; ``degrade``: the ``--augment`` degradations."""
@@ -85,8 +86,10 @@ class TupleSampler:
             raise TrainingError("the stacks are too short for the requested factors")
 
     def _span(self, f):
-        """Sections a tuple at factor ``f`` spans beyond its first knot."""
-        return 3 * f if self.knots == 4 else f
+        """Sections a pair at factor ``f`` spans beyond its first knot (a 4-knot tuple's
+        outer knots are clamped where a stack is too short for them, as at the volume
+        ends)."""
+        return f
 
     def sample(self, batch):
         c = self.crop
@@ -99,12 +102,17 @@ class TupleSampler:
             v = self.views[rng.integers(len(self.views))]
             while len(v) <= self._span(f):
                 v = self.views[rng.integers(len(self.views))]
-            z = int(rng.integers(f if four else 0, len(v) - (2 * f if four else f)))
+            if four and len(v) > 3 * f:  # room for the outer knots
+                z = int(rng.integers(f, len(v) - 2 * f))
+            else:  # a pair model, or a stack too short for z - f and z + 2f: clamped
+                z = int(rng.integers(0, len(v) - f))
             k = int(rng.integers(1, f))
             y0 = int(rng.integers(0, v.shape[1] - c + 1))
             x0 = int(rng.integers(0, v.shape[2] - c + 1))
             # order: a, b, target (, m, p): the knots' sections
-            zs = [z, z + f, z + k] + ([z - f, z + 2 * f] if four else [])
+            zs = [z, z + f, z + k] + ([z - f if z >= f else z,
+                                       z + 2 * f if z + 2 * f < len(v) else z + f]
+                                      if four else [])
             if four:  # an end of the volume: the outer knot is the end knot (clamped)
                 if rng.random() < 0.1:
                     zs[3] = z
