@@ -8,6 +8,8 @@ VNC ssTEM stack (../shared/data, read only) with each learned method's shipped c
 the CPU, the way the engine calls a method for one slab and one tile (``Method.render``, so
 start-up and I/O are not counted), and divides by the number of restored slices.
 
+``--ref-checkpoint FILE``: the same, with today's code and another checkpoint as "before".
+
 ``--ref REV``: also time the method *as it was at git revision REV* (its module's source is
 read with ``git show`` and run against the same checkpoint), interleaved with today's code in
 one run (before, after, before, after, ...), so machine load hits both alike; prints the
@@ -69,6 +71,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--methods", default="niiv,a2i,film,tsain")
     ap.add_argument("--size", type=int, default=512, help="slice edge in pixels (default 512)")
+    ap.add_argument("--ref-checkpoint", metavar="FILE",
+                    help="'before' = today's code with this checkpoint (one method), e.g. "
+                         "a 2-knot film against the shipped 4-knot one")
     args = ap.parse_args(argv)
 
     import torch
@@ -85,6 +90,9 @@ def main(argv=None) -> int:
         variants = {"after": create_method(name, device="cpu")}
         if args.ref:
             variants = {"before": old_method_class(name, args.ref)(device="cpu"), **variants}
+        elif args.ref_checkpoint:
+            variants = {"before": create_method(name, checkpoint=args.ref_checkpoint,
+                                                device="cpu"), **variants}
         for m in variants.values():  # warm-up: first-call allocations and kernel choice
             render_all(m, block[:3, :64, :64])
         best = {k: float("inf") for k in variants}
@@ -95,7 +103,7 @@ def main(argv=None) -> int:
                 best[key] = min(best[key], dt / count * scale)
                 outs[key] = out
         line = f"{name:6s} after {best['after']:.2f} s/slice"
-        if args.ref:
+        if args.ref or args.ref_checkpoint:
             diff = int(np.abs(outs["before"].astype(int) - outs["after"].astype(int)).max())
             ratio = best["before"] / best["after"]
             line += (f"  before {best['before']:.2f} s/slice  speed-up x{ratio:.2f}"
