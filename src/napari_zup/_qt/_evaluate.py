@@ -113,7 +113,7 @@ class EvaluateWidget(DockWidget):
         self._cancel = threading.Event()
         self._pbar = None
         self._in_pbar = False
-        self._pbar_t = 0.0
+        self._ui_t = 0.0
         self.cmap = error_colormap()
         form = QFormLayout()
         self.layer_combo = LayerCombo(self.viewer)
@@ -384,18 +384,24 @@ class EvaluateWidget(DockWidget):
         kind, method, payload = item
         if kind == "slice":
             self._done_slices += 1
+            now = time.perf_counter()
+            # a QProgressBar repaints at once on setValue and napari's progress bar processes
+            # events (re-entrant calls): in software OpenGL each repaint of the window costs
+            # tens of ms, so the dock and napari's bar update at most ~8 times a second
+            if now - self._ui_t < 0.125:
+                return
+            self._ui_t = now
             self.progress_bar.setValue(self._done_slices)
             self.status.setText(f"{method}: slice {payload + 1}/{self._n_out}")
-            now = time.perf_counter()
-            # napari's progress bar processes events (re-entrant calls): update it rarely
-            if self._pbar is not None and not self._in_pbar and now - self._pbar_t > 0.1:
-                self._in_pbar, self._pbar_t = True, now
+            if self._pbar is not None and not self._in_pbar:
+                self._in_pbar = True
                 try:
                     self._pbar.update(self._done_slices - self._pbar.n)
                 finally:
                     self._in_pbar = False
             return
         score, recon, maps = payload
+        self.progress_bar.setValue(self._done_slices)
         self._show_method(method, score, recon, maps)
 
     def _show_method(self, method, score, recon, maps):
