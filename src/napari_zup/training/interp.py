@@ -49,11 +49,17 @@ def _build(method: str, arch: dict | None):
 
 # -- data -------------------------------------------------------------------------------------
 
+#: probability that a 4-knot training tuple's outer knot (each side) is replaced by the inner
+#: one, as the engine does at the volume ends (the shipped film's round; 0.2 was tried and
+#: did not close the end intervals' gap: docs/benchmarks.md section 14.3)
+END_CLAMP = 0.1
+
+
 class TupleSampler:
     """Random training tuples ``(a, b, t, target)`` as float32 arrays (B, 1, c, c); with
     ``knots=4`` ``(a, b, t, target, m, p)``, ``m``/``p`` the outer knots one interval before
-    ``a`` and after ``b`` (each replaced by its inner neighbour with probability 0.1, as at the
-    volume ends, where the engine clamps them; a stack too short for them, e.g. a few
+    ``a`` and after ``b`` (each replaced by its inner neighbour with probability END_CLAMP, as
+    at the volume ends, where the engine clamps them; a stack too short for them, e.g. a few
     held-out sections, gives tuples clamped the same way at its ends).
 
     ``stacks``: arrays (scaled to [0, 1] here, or already when ``scaled``); ``augment``:
@@ -114,9 +120,9 @@ class TupleSampler:
                                        z + 2 * f if z + 2 * f < len(v) else z + f]
                                       if four else [])
             if four:  # an end of the volume: the outer knot is the end knot (clamped)
-                if rng.random() < 0.1:
+                if rng.random() < END_CLAMP:
                     zs[3] = z
-                if rng.random() < 0.1:
+                if rng.random() < END_CLAMP:
                     zs[4] = z + f
             trip = np.stack([v[zz, y0:y0 + c, x0:x0 + c] for zz in zs])
             if self.degrade and f >= 2 and rng.random() < 0.2:
@@ -308,6 +314,7 @@ class PairFamily(Family):
     def metadata(self, cfg, sampler):
         return {"factor_range": [1, 2] if cfg.self_supervised else [1, 8],
                 "training": {"factors": list(sampler.factors), "knots": sampler.knots,
+                             "end_clamp": END_CLAMP if sampler.knots == 4 else None,
                              "loss": "L1 + 0.1 LapPyr-L1 + 0.1 grad-L1"}}
 
 
