@@ -282,7 +282,12 @@ def test_learned_method_loaded_once_per_worker(client, crop, tmp_path):
     out = zd.reconstruct_to_zarr(vol, tmp_path / "film.zarr", "film", 2, client=client,
                                  chunks=(2, 48, 48), levels=1)
     got = io.read_volume(out)
-    np.testing.assert_array_equal(got.data.compute(), ref)
+    # the same model on 48-px chunks with its 64-px halo, in worker processes with their own
+    # torch thread count: float summation order differs, so a rounding may flip (measured: 1
+    # pixel of 82,944 by 1 grey level); the engine's tiled-vs-untiled tolerance for film
+    diff = np.abs(got.data.compute().astype(int) - ref.astype(int))
+    assert diff.max() <= 2 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
+    np.testing.assert_array_equal(got.data.compute()[::2], vol)  # knots copied exactly
     assert len(got.metadata["zup"]["signature"]["checkpoint"]["sha256"]) == 64
     loads = client.run(zd.method_loads)
     film = [n for per_worker in loads.values() for k, n in per_worker.items()
