@@ -202,6 +202,31 @@ def test_flow_vectors_and_colours_in_register_with_the_output(qtbot, make_napari
     assert layer.data.shape == (5, 192, 192)
 
 
+def test_film_shows_its_learned_flows(qtbot, make_napari_viewer):
+    """film (the 4-knot model) exposes its flows like the optical-flow methods: the box is
+    enabled and a run adds the Vectors and colour layers; classical methods have none."""
+    from napari_zup._qt import ReconstructWidget
+
+    viewer = make_napari_viewer()
+    data, kw, _ = anisotropic_sample()[0]
+    layer = viewer.add_image(data[:4, :64, :64], **kw)
+    w = ReconstructWidget(viewer)
+    w.method_combo.setCurrentText("cubic")
+    assert not w.flow_check.isEnabled()
+    w.method_combo.setCurrentText("film")
+    assert w.flow_check.isEnabled()
+    w.flow_check.setChecked(True)
+    w.factor_spin.setValue(2)
+    w.vector_step.setValue(16)
+    run = w.start()
+    _wait_done(qtbot, run)
+    assert run.status == "done"
+    vec = run.vectors_layer
+    assert vec is not None and vec.data.shape == ((64 // 16) ** 2 * 3, 2, 3)
+    assert np.isfinite(vec.data).all() and np.abs(vec.data[:, 1, 1:]).max() > 0
+    assert run.flow_layer.data[1].any() and not run.flow_layer.data[0].any()
+
+
 def test_compare_grid_names_contrast_and_xz(qtbot, viewer_with_sample):
     from napari_zup._qt import CompareWidget
 

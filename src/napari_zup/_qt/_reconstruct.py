@@ -142,8 +142,9 @@ class ReconstructWidget(DockWidget):
         self.tile_spin.setToolTip("y/x tile edge in pixels (auto: 2048, or the chunks of a "
                                   "lazy layer); smaller tiles need less memory")
         self.flow_check = QCheckBox("show flow (vectors + colour wheel)")
-        self.flow_check.setToolTip("Optical-flow methods only: add a Vectors layer and a "
-                                   "colour-coded flow layer in register with the output")
+        self.flow_check.setToolTip("of-linear / of-cubic (Farnebäck) and film / tsain (their "
+                                   "learned flows): add a Vectors layer and a colour-coded "
+                                   "flow layer in register with the output")
         self.vector_step = QSpinBox()
         self.vector_step.setRange(4, 256)
         self.vector_step.setValue(16)
@@ -280,8 +281,9 @@ class ReconstructWidget(DockWidget):
         devices = [d for d in available_devices() if d in info.devices] or ["cpu"]
         self.device_combo.addItems(devices)
         self.device_combo.setEnabled(len(devices) > 1)
-        self.flow_check.setEnabled(info.has_flows)
-        if not info.has_flows:
+        flows = info.has_flows or info.shows_flows
+        self.flow_check.setEnabled(flows)
+        if not flows:
             self.flow_check.setChecked(False)
         self.texture_check.setEnabled(info.texture)
         if not info.texture:

@@ -40,6 +40,10 @@ class MethodInfo:
     sample_cost: float = 0.0
     #: The method takes the Farnebäck flow parameters and can show its flows (Flow, vectors).
     has_flows: bool = False
+    #: ``render(want_flows=True)`` gives a displacement field per restored slice (its own,
+    #: learned: film, tsain), shown like the optical-flow methods' (Reconstruct's "show flow",
+    #: ``zup reconstruct --flows``); implied by ``has_flows``.
+    shows_flows: bool = False
     #: The method takes ``texture=RATIO`` (``--texture``; the widgets' "texture" box): the
     #: knots' fine texture is added back to the restored slices (docs/learned-interpolation.md).
     texture: bool = False
