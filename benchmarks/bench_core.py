@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+from _data import DATA, ROOT  # ../shared/data (benchmarks/_data.py)
 VNC = DATA / "sstem_drosophila_vnc_stack1_4.6x4.6x50nm.tif"
 SAMPLES = [DATA / "fibsem_flyem_medulla_10nm_sample1_250.tif",
            DATA / "fibsem_flyem_medulla_10nm_sample2_250.tif"]

@@ -25,15 +25,11 @@ import subprocess
 import sys
 import time
 import types
-from pathlib import Path
 
 import numpy as np
 import tifffile
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
+from _data import DATA, ROOT  # ../shared/data (benchmarks/_data.py)
 VNC = DATA / "sstem_drosophila_vnc_stack1_4.6x4.6x50nm.tif"
 FACTOR = 4
 

@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 import cv2
 import numpy as np
 import tifffile
 from skimage.metrics import peak_signal_noise_ratio
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
+from _data import DATA  # ../shared/data (benchmarks/_data.py)
 SAMPLE2 = DATA / "fibsem_flyem_medulla_10nm_sample2_250.tif"
 BORDER = 24
 

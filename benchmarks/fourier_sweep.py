@@ -22,10 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
+from _data import DATA, ROOT  # ../shared/data (benchmarks/_data.py)
 CUTOFFS = np.round(np.arange(0.1, 1.01, 0.1), 2)
 
 

@@ -12,15 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from napari_zup import reconstruct
 from napari_zup.io import read_volume
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+from _data import DATA, ROOT  # ../shared/data (benchmarks/_data.py)
 STACKS = {"isbi": DATA / "sstem_isbi2012_train_4x4x50nm.tif",
           "vnc": DATA / "sstem_drosophila_vnc_stack1_4.6x4.6x50nm.tif"}
 METHODS = ["nearest", "cubic", "of-linear", "of-cubic", "film", "tsain", "niiv", "a2i"]

@@ -270,7 +270,7 @@ class LearnedPairMethod(Method):
                     res, fl = b, torch.zeros_like(a).repeat(1, 2, 1, 1)
                 else:
                     tt = torch.full((1,), t, device=dev)
-                    res, fl = (self.model.decode(fa, fb, a, b, tt) if outer is None
+                    res, fl = (self.model.decode(fa, fb, a, b, tt) if outer is None  # tsain
                                else self.model.decode(fa, fb, a, b, tt, outer))
                 img = crop_to(res, size)[0, 0].float().cpu().numpy() * span + lo
                 if self.texture and 0.0 < t < 1.0:

@@ -197,7 +197,7 @@ class FilmNet(nn.Module):
 def build_film(arch: dict) -> FilmNet:
     arch = {**DEFAULT_ARCH, **arch}
     return FilmNet(arch["levels"], arch["c0"], arch["c1"], tuple(arch["flow_width"]),
-                   tuple(arch["dec_width"]), int(arch.get("knots", 2)))
+                   tuple(arch["dec_width"]), int(arch["knots"]))
 
 
 def expand_state(state: dict, model: nn.Module) -> dict:

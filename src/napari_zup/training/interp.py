@@ -87,15 +87,9 @@ class TupleSampler:
                                 f"use --crop {min(small[0])} or less")
         # self-supervised: only the stack's own z axis, (z-1, z+1) -> z by default
         factors = factors or ((2,) if self_supervised else (2, 4, 8))
-        self.factors = [f for f in factors if any(len(v) > self._span(f) for v in self.views)]
+        self.factors = [f for f in factors if any(len(v) > f for v in self.views)]
         if not self.factors:
             raise TrainingError("the stacks are too short for the requested factors")
-
-    def _span(self, f):
-        """Sections a pair at factor ``f`` spans beyond its first knot (a 4-knot tuple's
-        outer knots are clamped where a stack is too short for them, as at the volume
-        ends)."""
-        return f
 
     def sample(self, batch):
         c = self.crop
@@ -106,7 +100,7 @@ class TupleSampler:
         for i in range(batch):
             f = int(rng.choice(self.factors))
             v = self.views[rng.integers(len(self.views))]
-            while len(v) <= self._span(f):
+            while len(v) <= f:
                 v = self.views[rng.integers(len(self.views))]
             if four and len(v) > 3 * f:  # room for the outer knots
                 z = int(rng.integers(f, len(v) - 2 * f))
@@ -213,7 +207,7 @@ def preview_plane(model, volume01, factor: int, device="cpu", width=160, rows=32
         for k in range(z - 1):
             outer = (enc[max(k - 1, 0)], enc[min(k + 2, z - 1)]) if four else None
             res, _ = model.decode(enc[k], enc[k + 1], strip[k:k + 1], strip[k + 1:k + 2], ts,
-                                  *([outer] if four else []))
+                                  *([outer] if four else []))  # tsain: a pair only
             out[k * factor] = strip[k, 0]
             for j in range(factor - 1):
                 out[k * factor + j + 1] = res[j, 0]
@@ -294,7 +288,7 @@ class PairFamily(Family):
 
         a, b, t, y, *outer = (torch.from_numpy(np.ascontiguousarray(x)).to(device)
                               for x in batch)
-        pred, _ = model(a, b, t, tuple(outer)) if outer else model(a, b, t)
+        pred, _ = model(a, b, t, tuple(outer)) if outer else model(a, b, t)  # tsain: pairs
         return pred, y
 
     def start_state(self, state, model):
