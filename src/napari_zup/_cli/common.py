@@ -65,6 +65,8 @@ def parse_params(args) -> dict:
         value = getattr(args, name, None)
         if value is not None:
             params[name] = value
+    if getattr(args, "backward_flow", None):
+        params["backward"] = args.backward_flow
     if getattr(args, "checkpoint", None):
         params["checkpoint"] = args.checkpoint
     if getattr(args, "texture", None) is not None:
@@ -75,7 +77,7 @@ def parse_params(args) -> dict:
 
 
 FARNEBACK_KEYS = ("winsize", "levels", "iterations", "poly_n", "poly_sigma", "pyr_scale",
-                  "flags")
+                  "flags", "backward")
 
 
 def _method_params(method: str, params: dict) -> dict:
@@ -191,11 +193,22 @@ class _StderrProgress:
             print(f"{self.label}: {self.progress}", file=sys.stderr, flush=True)
 
 
-def _add_farneback(p):
+def _add_farneback(p, backward: bool = True):
+    """The Farnebäck options; ``backward``: also ``--backward-flow`` (of-linear/of-cubic
+    warp both knots of a pair; the ``flow`` command computes forward flows only)."""
     g = p.add_argument_group("Farnebäck flow (of-linear, of-cubic, flow)")
+    if backward:
+        from ..methods.optical_flow import BACKWARD
+
+        g.add_argument("--backward-flow", dest="backward_flow", choices=BACKWARD, help=(
+            "how of-linear/of-cubic get the flow from the second knot of a pair back to the "
+            "first: 'inverse' inverts the forward flow (default; half the Farnebäck calls, "
+            "same quality, docs/benchmarks.md), 'farneback' runs Farnebäck again in that "
+            "direction (the paper's exact method)"))
     g.add_argument("--winsize", type=int, help="averaging window (default 129)")
     g.add_argument("--levels", type=int, help="pyramid levels (default 3)")
-    g.add_argument("--iterations", type=int, help="iterations per level (default 3)")
+    g.add_argument("--iterations", type=int, help="iterations per level (default 2; the "
+                   "paper: 3)")
     g.add_argument("--poly-n", dest="poly_n", type=int, help="polynomial neighbourhood 5 or 7 "
                    "(default 7)")
     g.add_argument("--poly-sigma", dest="poly_sigma", type=float, help="default 1.5")

@@ -99,4 +99,4 @@ def add_flow_parser(sub) -> None:
                     help="--rgb: flow magnitude shown at full brightness (default: 99th pct)")
     fl.add_argument("--param", action="append", metavar="KEY=VALUE")
     fl.add_argument("--overwrite", action="store_true")
-    _add_farneback(fl)
+    _add_farneback(fl, backward=False)
