@@ -191,3 +191,48 @@ def test_fast_paths_through_the_engine_any_factor(method, factor):
     assert int(np.abs(fast.astype(int) - ref.astype(int)).max()) <= 1  # uint8 rounding
     if float(factor).is_integer():
         assert np.array_equal(fast[::int(factor)], vol)
+
+
+# -- CPU batch size (issue #15 item 1) -------------------------------------------------
+
+@pytest.mark.parametrize("method", ["niiv", "a2i"])
+def test_cpu_batch_of_planes_does_not_change_the_output(method):
+    vol = (_crop(n=5, size=64) * 255).astype(np.uint8)
+    m = create_method(method, device="cpu")
+    m.cpu_batch_planes = 2
+    small = m.render(vol, [0.5, 1.25, 3.75], value_range=(0, 255)).slices
+    m.cpu_batch_planes = 64
+    whole = m.render(vol, [0.5, 1.25, 3.75], value_range=(0, 255)).slices
+    assert np.array_equal(small, whole)
+
+
+@pytest.mark.parametrize("method", ["niiv", "a2i"])
+def test_both_orientations_in_parallel_equal_one_after_the_other(method, monkeypatch):
+    """On the CPU a2i restores the xz and yz planes in two threads (torch's threads split
+    between them, restored afterwards); the output is the sequential one's. (niiv does not
+    by default: forced here to test the path.)"""
+    from napari_zup.methods import _axial_common as ac
+
+    splits = []
+    real = ac.split_torch_threads
+
+    def spy(parts):
+        splits.append(parts)
+        return real(parts)
+
+    monkeypatch.setattr(ac, "split_torch_threads", spy)
+    vol = (_crop(n=5, size=64) * 255).astype(np.uint8)
+    m = create_method(method, device="cpu")
+    assert m.cpu_parallel_orientations == (method == "a2i")
+    m.cpu_parallel_orientations = True
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        parallel = m.render(vol, [0.5, 2.25], value_range=(0, 255)).slices
+        assert splits == [2] and torch.get_num_threads() == 2 and ac._threads_users == 0
+        torch.set_num_threads(1)  # one thread: the sequential path
+        sequential = m.render(vol, [0.5, 2.25], value_range=(0, 255)).slices
+        assert splits == [2]
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(parallel, sequential)

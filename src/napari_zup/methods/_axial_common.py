@@ -19,7 +19,10 @@ units of ``lr`` rows (0 = first row); ``cell`` = output row spacing in ``lr`` ro
 from __future__ import annotations
 
 import math
+import threading
 from abc import abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -30,6 +33,40 @@ from .base import Method, RenderResult, to_dtype
 
 DEGRADATIONS = ("decimate", "pool")
 FUSIONS = ("mean", "geometric", "xz", "yz")
+
+
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_saved = 1
+
+
+@contextmanager
+def split_torch_threads(parts: int):
+    """torch's intra-op threads divided by ``parts`` while inside (at least 1), restored when
+    the last concurrent user leaves: ``parts`` Python threads then each run their own ops on
+    their own cores (torch's tiny per-op parallel regions on 2 cores cost more than they give;
+    docs/benchmarks.md section 16). Process-wide while it lasts (torch has one setting)."""
+    import torch
+
+    global _threads_users, _threads_saved
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+            torch.set_num_threads(max(1, _threads_saved // parts))
+        _threads_users += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0:
+                torch.set_num_threads(_threads_saved)
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 # -- planes and fusion --------------------------------------------------------------------------
@@ -227,8 +264,14 @@ class AxialMethod(Method):
     z_context = 3
     copies_knots = True
     slab_intervals = 32
-    #: planes per forward pass (memory bound)
+    #: planes per forward pass on a GPU (memory bound)
     batch_planes = 32
+    #: planes per forward pass on the CPU (None: ``batch_planes``); small batches keep the
+    #: activations in cache
+    cpu_batch_planes: int | None = None
+    #: restore the xz and yz planes in two threads on the CPU (measured per method: a2i
+    #: x2.2 with its small batches, niiv no gain; docs/benchmarks.md section 16)
+    cpu_parallel_orientations = False
 
     def __init__(self, checkpoint=None, device: str = "auto", fusion: str = "mean",
                  normalize: bool = True, input_range=None):
@@ -265,11 +308,12 @@ class AxialMethod(Method):
 
         out = np.empty((planes.shape[0], len(positions), planes.shape[2]), np.float32)
         pos = torch.as_tensor(np.asarray(positions, np.float32), device=self.device)
+        batch = ((self.device == "cpu" and self.cpu_batch_planes) or self.batch_planes)
         with torch.inference_mode():
-            for s in range(0, planes.shape[0], self.batch_planes):
-                x = torch.from_numpy(planes[s:s + self.batch_planes][:, None]).to(self.device)
+            for s in range(0, planes.shape[0], batch):
+                x = torch.from_numpy(planes[s:s + batch][:, None]).to(self.device)
                 y = bound_rows(self.model(x, pos, cell), x, pos)
-                out[s:s + self.batch_planes] = y[:, 0].float().cpu().numpy()
+                out[s:s + batch] = y[:, 0].float().cpu().numpy()
         return out
 
     def render(self, block, positions, *, value_range, want_flows=False):
@@ -281,9 +325,18 @@ class AxialMethod(Method):
         # With "pool" checkpoints the knots are section centres: the same coordinates.
         pos = np.asarray(positions, np.float64)
         xz = yz = None
-        if self.fusion != "yz":
+        if self.fusion == "xz":
             xz = self.restore_planes(xz_planes(x), pos, d)
-        if self.fusion != "xz":
+        elif self.fusion == "yz":
+            yz = self.restore_planes(yz_planes(x), pos, d)
+        elif self.cpu_parallel_orientations and self.device == "cpu" and torch_threads() >= 2:
+            # both orientations at once, each on its own core(s)
+            with split_torch_threads(2), ThreadPoolExecutor(2, "zup-axial") as pool:
+                fx = pool.submit(self.restore_planes, xz_planes(x), pos, d)
+                fy = pool.submit(self.restore_planes, yz_planes(x), pos, d)
+                xz, yz = fx.result(), fy.result()
+        else:
+            xz = self.restore_planes(xz_planes(x), pos, d)
             yz = self.restore_planes(yz_planes(x), pos, d)
         fused = fuse(xz, yz, self.fusion)
         return RenderResult(to_dtype(fused * span + lo, block.dtype))

@@ -166,6 +166,10 @@ class A2I(AxialMethod):
     #: weight of the projected distribution loss added to L1 (a2i-3dem-vit.txt)
     pdl_weight = 0.01
     batch_planes = 16
+    #: on the CPU 2 planes per pass: x1.36 over 16 (the activations stay in cache), the
+    #: same output (docs/benchmarks.md section 16)
+    cpu_batch_planes = 2
+    cpu_parallel_orientations = True
 
     @classmethod
     def build_model(cls, arch: dict):
