@@ -11,28 +11,25 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import time
 
 import numpy as np
 import tifffile
 
 from _data import DATA
-from bench_core import naive_of_linear
+from bench_core import best_of, naive_of_linear
+from bench_learned import uptime
+from napari_zup.flow import PAPER_ITERATIONS
 
 VNC = DATA / "sstem_drosophila_vnc_stack1_4.6x4.6x50nm.tif"
 SAMPLE2 = DATA / "fibsem_flyem_medulla_10nm_sample2_250.tif"
 
 #: (label, method parameters); the first is the paper's exact method as shipped before.
 SETTINGS = [
-    ("paper: backward Farnebäck call, 3 iterations", {"backward": "farneback", "iterations": 3}),
-    ("inverted backward flow, 3 iterations", {"backward": "inverse", "iterations": 3}),
+    ("paper: backward Farnebäck call, 3 iterations",
+     {"backward": "farneback", "iterations": PAPER_ITERATIONS}),
+    ("inverted backward flow, 3 iterations", {"backward": "inverse", "iterations": PAPER_ITERATIONS}),
     ("inverted backward flow, 2 iterations (default)", {}),
 ]
-
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def naive_per_slice(vol, method, f):
@@ -41,22 +38,13 @@ def naive_per_slice(vol, method, f):
     time. Same formulas as napari-zup's (it calls the method per slice)."""
     from napari_zup.methods import create_method
 
-    m = create_method(method, backward="farneback", iterations=3)
+    m = create_method(method, backward="farneback", iterations=PAPER_ITERATIONS)
     n = (len(vol) - 1) * f + 1
     out = np.empty((n,) + vol.shape[1:], vol.dtype)
     for i in range(n):
         k, r = divmod(i, f)
         out[i] = vol[k] if r == 0 else m.render(vol, [k + r / f], value_range=(0, 255)).slices[0]
     return out
-
-
-def timed(fn, repeats):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def main():
@@ -70,9 +58,9 @@ def main():
     args = ap.parse_args()
     print(f"load before: {uptime()}; {os.cpu_count()} cores\n")
     vol = tifffile.imread(VNC)
-    paper = FarnebackParams(iterations=3)
-    t_naive, naive = timed(lambda: naive_of_linear(vol, 4, paper), 1)
-    t_naive_c, naive_c = timed(lambda: naive_per_slice(vol, "of-cubic", 4), 1)
+    paper = FarnebackParams(iterations=PAPER_ITERATIONS)
+    t_naive, naive = best_of(lambda: naive_of_linear(vol, 4, paper), 1)
+    t_naive_c, naive_c = best_of(lambda: naive_per_slice(vol, "of-cubic", 4), 1)
     base = {"of-linear": t_naive, "of-cubic": t_naive_c}
     rows = [("IsoFlow-style: 2 Farnebäck calls per output slice (paper setting)", "of-linear",
              t_naive, naive),
@@ -80,9 +68,9 @@ def main():
              t_naive_c, naive_c)]
     for label, params in SETTINGS:
         for m in ("of-linear", "of-cubic"):
-            t, out = timed(lambda: reconstruct(vol, m, 4, method_params=params), args.repeats)
+            t, out = best_of(lambda: reconstruct(vol, m, 4, method_params=params), args.repeats)
             rows.append((f"napari-zup, {label}, 2 threads", m, t, out))
-    t1, _ = timed(lambda: reconstruct(vol, "of-linear", 4, workers=1), 1)
+    t1, _ = best_of(lambda: reconstruct(vol, "of-linear", 4, workers=1), 1)
     rows.append(("napari-zup, default, 1 thread", "of-linear", t1, None))
 
     print("of-linear / of-cubic, F = 4, VNC 20 x 1024 x 1024 (window 129, 3 levels), best of "

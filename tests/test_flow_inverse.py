@@ -10,7 +10,7 @@ import tifffile
 
 from napari_zup import reconstruct
 from napari_zup.evaluation import evaluate_method
-from napari_zup.flow import FarnebackParams, estimate_flow, invert_flow
+from napari_zup.flow import PAPER_ITERATIONS, FarnebackParams, estimate_flow, invert_flow
 from napari_zup.methods import create_method
 
 from ._data import SAMPLE2, need
@@ -68,7 +68,7 @@ def test_inverse_restores_real_fibsem_as_well_as_the_papers_two_calls(m):
     inv = evaluate_method(g, 4, m)[0]
     two = evaluate_method(g, 4, m, method_params={"backward": "farneback"})[0]
     paper = evaluate_method(g, 4, m, method_params={"backward": "farneback",
-                                                    "iterations": 3})[0]
+                                                    "iterations": PAPER_ITERATIONS})[0]
     linear = evaluate_method(g, 4, m.replace("of-", ""))[0]
     assert abs(inv.ssim - two.ssim) <= 0.002 and abs(inv.psnr - two.psnr) <= 0.05, (inv, two)
     assert inv.ssim >= paper.ssim - 0.002, (inv, paper)
@@ -76,9 +76,9 @@ def test_inverse_restores_real_fibsem_as_well_as_the_papers_two_calls(m):
 
 
 def test_the_paper_setting_stays_available_and_differs():
-    assert FarnebackParams().iterations == 2
-    paper = create_method("of-linear", backward="farneback", iterations=3)
-    assert paper.backward == "farneback" and paper.params.iterations == 3
+    assert FarnebackParams().iterations == 2 < PAPER_ITERATIONS
+    paper = create_method("of-linear", backward="farneback", iterations=PAPER_ITERATIONS)
+    assert paper.backward == "farneback" and paper.params.iterations == PAPER_ITERATIONS
     rng = np.random.default_rng(0)
     vol = (rng.random((3, 64, 64)) * 255).astype(np.uint8)
     p = {"winsize": 15, "levels": 2}

@@ -63,12 +63,6 @@ def split_torch_threads(parts: int):
                 torch.set_num_threads(_threads_saved)
 
 
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
 # -- planes and fusion --------------------------------------------------------------------------
 
 def xz_planes(block: np.ndarray) -> np.ndarray:
@@ -317,6 +311,8 @@ class AxialMethod(Method):
         return out
 
     def render(self, block, positions, *, value_range, want_flows=False):
+        import torch
+
         lo, hi = self.normalization.range(value_range)
         span = (hi - lo) or 1.0
         n = block.shape[0]
@@ -329,7 +325,7 @@ class AxialMethod(Method):
             xz = self.restore_planes(xz_planes(x), pos, d)
         elif self.fusion == "yz":
             yz = self.restore_planes(yz_planes(x), pos, d)
-        elif self.cpu_parallel_orientations and self.device == "cpu" and torch_threads() >= 2:
+        elif self.cpu_parallel_orientations and self.device == "cpu" and torch.get_num_threads() >= 2:
             # both orientations at once, each on its own core(s)
             with split_torch_threads(2), ThreadPoolExecutor(2, "zup-axial") as pool:
                 fx = pool.submit(self.restore_planes, xz_planes(x), pos, d)
