@@ -87,6 +87,16 @@ def main():
         for stack, n in where.most_common(4):
             print(f"    {n * 0.05:.2f} s in {stack}", flush=True)
 
+    def clear():
+        """Remove the results one layer per repaint: removing an image, an RGB and a Vectors
+        layer together makes llvmpipe segfault on the next draw (docs/napari.md)."""
+        for lay in list(viewer.layers)[::-1]:
+            if lay is not layer:
+                viewer.layers.remove(lay)
+                for _ in range(5):
+                    app.processEvents()
+                    time.sleep(0.02)
+
     rows: list[tuple[str, float, float]] = []
     load0 = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
@@ -102,9 +112,7 @@ def main():
         measure(f"Reconstruct {method}" + (" + flows" if flows else ""),
                 lambda: box.setdefault("run", rec.start()),
                 lambda: box.get("run") is None or not box["run"].running)
-        for lay in list(viewer.layers):
-            if lay is not layer:
-                viewer.layers.remove(lay)
+        clear()
     rec.flow_check.setChecked(False)
 
     # on demand: the whole layer at once, then the slider moves every 0.3 s over 12 slices
@@ -122,15 +130,13 @@ def main():
 
     measure("Reconstruct on demand (of-linear, scrolling 12 slices)", run.start,
             lambda: state["i"] >= len(zs) and all(run.view.ready(z) for z in zs), scroll)
-    viewer.layers.remove(run.layer)
+    clear()
 
     cmp_ = dock("Compare")
     cmp_.layer_combo.set_layer(layer)
     cmp_.methods.set_selected(["linear", "of-linear", "film"])
     measure("Compare linear, of-linear, film", cmp_.start, lambda: not cmp_.running)
-    for lay in list(viewer.layers):
-        if lay is not layer:
-            viewer.layers.remove(lay)
+    clear()
     viewer.canvas.grid.enabled = False
 
     ev = dock("Evaluate")
@@ -146,17 +152,13 @@ def main():
 
     go, finished = started(ev, ev.start)
     measure(f"Evaluate ({ev.mode_combo.currentText()}) linear, of-linear", go, finished)
-    for lay in list(viewer.layers):
-        if lay is not layer:
-            viewer.layers.remove(lay)
+    clear()
 
     fl = dock("Flow")
     fl.layer_combo.set_layer(layer)
     go, finished = started(fl, fl.compute)
     measure("Flow (default window)", go, finished)
-    for lay in list(viewer.layers):
-        if lay is not layer:
-            viewer.layers.remove(lay)
+    clear()
 
     tr = dock("Train")
     tr.layer_combo.set_layer(layer)

@@ -425,3 +425,78 @@ def test_texture_box_only_for_methods_that_take_it_and_reaches_the_method(qtbot,
     assert 0.6 < restored / knots < 1.0, restored / knots
     w.method_combo.setCurrentText("linear")
     assert not w.texture_check.isChecked()                # never passed to another method
+
+
+def test_run_start_and_a_backlog_of_slices_each_redraw_at_most_once(qtbot, make_napari_viewer,
+                                                                    monkeypatch):
+    """Clicking Run is one short event-loop pass: the output layer and the progress bar, no
+    redraw, even when slices have arrived meanwhile (napari's progress() runs processEvents,
+    which delivers them); and a backlog of slices queued while the GUI thread was busy is
+    drawn by one timer-driven redraw. Redrawing inside those passes made them freezes of a
+    second or more (issue #13, docs/benchmarks.md section 10.8)."""
+    import threading
+    import time as _time
+
+    from qtpy.QtWidgets import QApplication
+
+    from napari_zup._qt import _run
+    from napari_zup._qt._run import StreamingRun
+
+    first_ready = threading.Event()
+    events = _run.reconstruct_events
+    go = threading.Event()
+
+    def held_events(*args, **kwargs):  # one slice at once, the rest when the test says
+        for n, event in enumerate(events(*args, **kwargs)):
+            yield event
+            if n == 0:
+                first_ready.set()
+                go.wait(30)
+
+    monkeypatch.setattr(_run, "reconstruct_events", held_events)
+    viewer = make_napari_viewer()
+    data, kw, _ = anisotropic_sample()[0]
+    layer = viewer.add_image(data[:12, :64, :64], **kw)
+    run = StreamingRun(viewer, layer, "linear", 4)
+    calls = []
+    redraw, add_layers = run._redraw, run._add_layers
+
+    def slow_redraw(*args, **kwargs):  # a redraw as slow as napari's on a busy machine
+        calls.append(_time.perf_counter())
+        redraw(*args, **kwargs)
+        _time.sleep(0.12)
+
+    def add_layers_after_a_slice():  # the first slice is computed while layers are built
+        first_ready.wait(30)
+        add_layers()
+
+    run._redraw, run._add_layers = slow_redraw, add_layers_after_a_slice
+    run.start()
+    assert run.progress.done == 1  # delivered inside start(), by the progress bar
+    assert calls == []  # ... and not drawn there
+    go.set()
+    _time.sleep(2.0)  # the GUI thread is busy: the other slices are computed and queued
+    n_before = len(calls)
+    QApplication.processEvents()  # one pass delivers the backlog
+    assert run.progress.done >= 20
+    assert len(calls) - n_before <= 2  # the end-of-run redraw, at most one timer redraw
+    _wait_done(qtbot, run)
+    assert run.status == "done"
+    np.testing.assert_array_equal(np.asarray(run.layer.data), reconstruct(layer.data, "linear", 4))
+
+
+def test_preload_imports_in_the_background():
+    import json  # noqa: F401
+    import sys
+
+    from napari_zup._qt._common import preload
+
+    assert preload(("json",)) is None  # imported already: nothing to do
+    sys.modules.pop("colorsys", None)
+    thread = preload(("colorsys",))
+    assert thread is not None
+    thread.join(10)
+    assert "colorsys" in sys.modules
+    thread = preload(("no_such_module_zup",))
+    thread.join(10)  # a failed import is left to the code that needs the module
+    assert not thread.is_alive() and "no_such_module_zup" not in sys.modules

@@ -4,8 +4,11 @@ goes through the Qt-free core (engine, evaluation, flow)."""
 from __future__ import annotations
 
 import atexit
+import importlib
 import shutil
+import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,36 @@ def _cleanup_temp_dirs() -> None:
 
 
 atexit.register(_cleanup_temp_dirs)
+
+
+#: What napari imports on the GUI thread when a widget adds its first Vectors layer: pandas, for
+#: the layer's features table (~1 s on these machines: the whole of that layer's first-time
+#: stall, docs/benchmarks.md section 10.8).
+VECTORS_MODULES = ("pandas",)
+
+
+def preload(modules=VECTORS_MODULES) -> threading.Thread | None:
+    """Import ``modules`` in a background thread, ahead of the GUI thread needing them.
+
+    Called when a widget knows it will soon add a layer whose first use imports them (a
+    Vectors layer needs pandas), so that import does not freeze the interface later. Returns
+    the thread (None when everything is imported already); a failed import is left to the
+    code that needs the module to report.
+    """
+    missing = [m for m in modules if m not in sys.modules]
+    if not missing:
+        return None
+
+    def run():
+        for name in missing:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - whoever needs the module will say why
+                pass
+
+    thread = threading.Thread(target=run, name="zup-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 # -- notifications ----------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from ._common import (
     layer_units,
     layer_volume,
     notify_error,
+    preload,
     start_worker,
     wrap_label,
 )
@@ -109,6 +110,7 @@ class FlowWidget(DockWidget):
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self.compute)
         self.last_stats: dict = {}
+        preload()  # this widget always adds a Vectors layer: its imports, off the GUI thread
         self._build_form()
         self._build_legend_and_buttons()
         for w in (self.pyr_scale, self.levels, self.winsize, self.iterations, self.poly_sigma,

@@ -30,6 +30,7 @@ from ._common import (
     layer_volume,
     notify_error,
     notify_warning,
+    preload,
     wrap_label,
 )
 from ._auto import AUTO, AUTO_DESCRIPTION, choice_table, choose
@@ -197,6 +198,9 @@ class ReconstructWidget(DockWidget):
         self.factor_from_scale.clicked.connect(self._prefill_factor)
         self.checkpoint_combo.activated.connect(self._checkpoint_chosen)
         self.flow_check.toggled.connect(self.vector_step.setEnabled)
+        # "show flow" adds a Vectors layer; the first one imports pandas (~1 s) on the GUI
+        # thread: import it in the background as soon as the box is ticked
+        self.flow_check.toggled.connect(lambda on: on and preload())
         self.run_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
         self.engine_combo.currentTextChanged.connect(self._engine_changed)

@@ -25,6 +25,7 @@ from ._common import (
     layer_volume,
     notify_error,
     notify_info,
+    preload,
     release_store,
     unique_name,
 )
@@ -112,15 +113,22 @@ class StreamingRun:
             data, name=unique_name(self.viewer, base), metadata=meta,
             contrast_limits=tuple(src.contrast_limits), colormap=src.colormap,
             axis_labels=("z", "y", "x"), **self._common_kwargs())
-        if self.want_flows:
-            flow_data, flow_store = self._flow_out, self._flow_store
-            self.flow_layer = self.viewer.add_image(
-                flow_data, rgb=True, name=unique_name(self.viewer, base + " flow colours"),
-                opacity=0.6, blending="additive", visible=False,
-                metadata={"zup": {"store": flow_store, "source_layer": src.name,
-                                  "kind": "flow colour wheel (hue = direction)"}},
-                **self._common_kwargs())
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
+
+    def _add_flow_colour_layer(self):
+        self.flow_layer = self.viewer.add_image(
+            self._flow_out, rgb=True, name=unique_name(self.viewer, self._base + " flow colours"),
+            opacity=0.6, blending="additive", visible=False,
+            metadata={"zup": {"store": self._flow_store, "source_layer": self.source.name,
+                              "kind": "flow colour wheel (hue = direction)"}},
+            **self._common_kwargs())
+
+    def _add_vectors_layer(self, data, features, limits):
+        self.vectors_layer = self.viewer.add_vectors(
+            data, features=features, edge_color="magnitude", edge_colormap="turbo",
+            edge_contrast_limits=limits, edge_width=1.5, length=self.vector_length,
+            vector_style="arrow", name=unique_name(self.viewer, self._base + " flow"),
+            metadata={"zup": {"source_layer": self.source.name}}, **self._common_kwargs())
 
     def _on_layer_removed(self, event):
         layer = event.value
@@ -181,20 +189,30 @@ class StreamingRun:
         if self.want_flows:
             self._flow_out, self._flow_store = allocate_output(self.out_shape + (3,), np.uint8)
         self.status = "running"
-        # Start computing first: adding layers and the progress bar (~0.1-0.3 s of GUI work)
-        # overlaps with the first slab. Yielded slices queue until start() has returned.
+        if self.want_flows:
+            preload()  # what the first Vectors layer imports, before the first flow arrives
+        # Start computing first: the output layer and the progress bar (~0.1-0.5 s of GUI
+        # work) overlap with the first slab. napari's progress() runs processEvents, which
+        # delivers the slices that arrived meanwhile: they only count (``_on_slice``), and
+        # what would redraw or end the run waits (``_in_refresh``) until start() returns.
+        # (Creating the progress bar before the first layer made llvmpipe segfault in a
+        # later draw, every time: benchmarks/bench_gui_stalls.py.)
         self.worker = start_worker(self._job, on_yield=self._on_slice,
                                    on_return=self._on_return, on_error=self._on_error)
-        self._add_layers()
-        if self.status != "running":  # ended (e.g. failed) while the layers were being built
-            self._mark_layer()
-            return self
-        pbar = progress(total=self.out_shape[0], desc=f"{self.method} ×{float(self.factor):g}")
-        if self.status == "running":
-            self._pbar = pbar
-        else:  # a very short run ended inside progress()'s processEvents
-            pbar.close()
+        self._in_refresh = True
+        try:
+            self._add_layers()
+            self._pbar = progress(total=self.out_shape[0],
+                                  desc=f"{self.method} ×{float(self.factor):g}")
+        finally:
+            self._in_refresh = False
+        if self.want_flows:  # in a pass of its own, before the first flow
+            QTimer.singleShot(0, self._flow_colour_layer_early)
         return self
+
+    def _flow_colour_layer_early(self):
+        if self.flow_layer is None and self.status == "running" and self.layer is not None:
+            self._add_flow_colour_layer()
 
     def cancel(self):
         self.cancel_event.set()
@@ -214,31 +232,42 @@ class StreamingRun:
             self._magnitudes.append(mag)
             self._flow_vmax = vmax
             self._vec_dirty = True
+        # Slices only count here; the redraw (and the widget's progress) comes from a timer,
+        # at most once per REFRESH_S and in an event-loop pass of its own. Redrawing from
+        # here made one pass of a backlog of slices (those queued while the layers were
+        # built, or delivered inside napari's progress bar's processEvents) into a freeze of
+        # a second or more: several redraws between two timer ticks.
+        if not self._trailing.isActive():
+            first = "first_slice_s" not in self.stats
+            wait = 0.0 if first else REFRESH_S - (now - self._last_refresh)
+            self._trailing.start(max(0, int(1000 * wait)))
+
+    def _trailing_refresh(self):
+        if self.status != "running":
+            return
+        if self._in_refresh:  # inside start() or a redraw's processEvents: right after it
+            self._trailing.start(10)
+            return
         first = "first_slice_s" not in self.stats
-        # napari's progress bar runs QApplication.processEvents(), which delivers further
-        # slices re-entrantly: those only count, the outer call redraws.
-        if not self._in_refresh and (first or now - self._last_refresh >= REFRESH_S):
-            self._refresh()
-            if first:
-                self.stats["first_slice_s"] = time.perf_counter() - self.t_start
-        elif not self._trailing.isActive():
-            # a redraw for the slices that arrive now, even when no further slice comes soon
-            self._trailing.start(max(1, int(1000 * (REFRESH_S - (now - self._last_refresh)))))
+        self._refresh()
+        if first:
+            self.stats["first_slice_s"] = time.perf_counter() - self.t_start
         if self.on_progress is not None and self.status == "running":
             self.on_progress(self)
 
-    def _trailing_refresh(self):
-        if self.status == "running" and not self._in_refresh:
-            self._refresh()
-
-    def _refresh(self):
+    def _refresh(self, every_layer=False):
         self._in_refresh = True
         try:
-            self._redraw()
+            self._redraw(every_layer)
         finally:
             self._in_refresh = False
 
-    def _redraw(self):
+    def _redraw(self, every_layer=False):
+        """Show what has arrived. One new layer per event-loop pass (each is 0.1-0.4 s of
+        napari's GUI work on these machines): the output layer in start(), the flow colours
+        in the pass after it, the Vectors layer with the first flow (and never in the same
+        redraw as another new layer). ``every_layer``: the last redraw of a run adds
+        whatever is still missing."""
         self._last_refresh = time.perf_counter()
         if self.layer is None:
             return
@@ -248,27 +277,26 @@ class StreamingRun:
             axis = self.viewer.dims.ndim - 3
             self.viewer.dims.set_point(axis, z)
         self.layer.refresh()
-        if self.flow_layer is not None:
+        added = False
+        if self.want_flows and self.flow_layer is None and (self._vectors or every_layer):
+            self._add_flow_colour_layer()
+            added = True
+        elif self.flow_layer is not None:
             self.flow_layer.refresh()
-        if self._vec_dirty:
+        if self._vec_dirty and (every_layer or not added or self.vectors_layer is not None):
             self._vec_dirty = False
             data = np.concatenate(self._vectors)
             features = {"magnitude": np.concatenate(self._magnitudes)}
             limits = (0.0, float(self._flow_vmax))
             if self.vectors_layer is None:
-                # Added with the first flow, not at Run: the first Vectors layer of a session
-                # takes ~0.7 s to build, which would delay the first slice on screen.
-                self.vectors_layer = self.viewer.add_vectors(
-                    data, features=features, edge_color="magnitude", edge_colormap="turbo",
-                    edge_contrast_limits=limits, edge_width=1.5, length=self.vector_length,
-                    vector_style="arrow", name=unique_name(self.viewer, self._base + " flow"),
-                    metadata={"zup": {"source_layer": self.source.name}},
-                    **self._common_kwargs())
+                self._add_vectors_layer(data, features, limits)
             else:
                 self.vectors_layer.data = data
                 self.vectors_layer.features = features
                 self.vectors_layer.edge_color = "magnitude"
                 self.vectors_layer.edge_contrast_limits = limits
+        elif self._vec_dirty and not self._trailing.isActive():
+            self._trailing.start(0)  # the Vectors layer in the next pass
         if self._pbar is not None and self.progress.done > self._pbar.n:
             self._pbar.update(self.progress.done - self._pbar.n)
 
@@ -284,9 +312,11 @@ class StreamingRun:
             self._mark_layer()
         for store in self._release_later:
             release_store(store)
+        if self.want_flows and self.flow_layer is None:  # ended before it was added
+            release_store(self._flow_store)
         if self.want_flows and not self._vectors and status == "done":
             notify_info(f"method {self.method!r} does not produce flow fields; "
-                        "flow layers stay empty (use of-linear or of-cubic)")
+                        "flow layers stay empty (of-linear, of-cubic, film and tsain do)")
         if self.on_done is not None:
             self.on_done(self)
 
@@ -299,7 +329,7 @@ class StreamingRun:
                 if lay is not None and lay in self.viewer.layers:
                     self.viewer.layers.remove(lay)
             return
-        self._refresh()
+        self._refresh(every_layer=True)
         meta = self.layer.metadata["zup"]
         meta["status"] = status
         meta["partial"] = status != "done"
