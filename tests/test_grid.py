@@ -36,3 +36,18 @@ def test_intervals_cover_every_output_once():
 def test_bad_factors_are_refused_with_a_message(bad):
     with pytest.raises(ValueError, match="factor"):
         grid.parse_factor(bad)
+
+
+@pytest.mark.parametrize("n, factor", [(2, 2), (5, 4), (7, Fraction(5, 2)), (10, "2.7"),
+                                       (3, Fraction(7, 3)), (33, 4), (6, 12.5), (4, 1.5)])
+def test_interval_indices_are_the_indices_of_intervals(n, factor):
+    expected = [[i for i, _ in items] for _, items in grid.intervals(n, factor)]
+    got = [a.tolist() for a in grid.interval_indices(n, factor)]
+    assert got == expected
+
+
+def test_interval_indices_plan_a_huge_output_quickly():
+    groups = grid.interval_indices(30000, 4)  # ~120 000 output slices (time: benchmarks)
+    assert len(groups) == 29999
+    assert groups[0].tolist() == [0, 1, 2, 3] and groups[-1].tolist() == [119992, 119993,
+                                                                        119994, 119995, 119996]

@@ -81,3 +81,55 @@ def test_on_demand_volume_never_blocks_and_fills_in(stack):
         np.testing.assert_array_equal(xz[56:60], eager[56:60, 40])
     finally:
         view.close()
+
+
+def test_a_volume_larger_than_ram_reads_only_the_chunks_a_slice_needs(stack):
+    """A Zarr volume larger than this machine's memory (unwritten chunks read as 0: the
+    store holds only what the test wrote) opened as napari-zup's reader opens OME-Zarr
+    (dask.array.from_zarr): building the lazy output reads nothing, and one output slice reads
+    only the chunks of its two knots (linear) or of its two knots and their halo tiles
+    (of-linear), never the volume."""
+    import math
+
+    import dask.array as da
+    import psutil
+    import zarr
+
+    class CountingStore(zarr.storage.WrapperStore):
+        def __init__(self, store):
+            super().__init__(store)
+            self.keys = []
+
+        async def get(self, key, prototype, byte_range=None):
+            self.keys.append(key)
+            return await self._store.get(key, prototype, byte_range)
+
+    edge, chunk = 4096, 1024
+    depth = math.ceil(1.2 * psutil.virtual_memory().total / edge**2)  # > RAM in bytes
+    store = CountingStore(zarr.storage.MemoryStore())
+    arr = zarr.create_array(store, shape=(depth, edge, edge), chunks=(1, chunk, chunk),
+                            dtype="uint8", fill_value=0, compressors=None)
+    assert arr.nbytes > psutil.virtual_memory().total
+    k = depth // 2
+    knots = np.tile(stack[10:12], (1, 8, 7))[:, :chunk, :chunk]  # real sections
+    arr[k:k + 2, :chunk, :chunk] = knots
+    store.keys.clear()
+
+    lazy = lazy_reconstruct(da.from_zarr(arr), "linear", 4)
+    assert lazy.shape == (4 * (depth - 1) + 1, edge, edge)
+    assert store.keys == []  # nothing read to build it
+    out = lazy[4 * k + 1, :chunk, :chunk].compute()
+    read = {tuple(int(i) for i in key.split("/")[1:]) for key in store.keys
+            if key.startswith("c/")}
+    assert read == {(k, 0, 0), (k + 1, 0, 0)}
+    np.testing.assert_array_equal(out, reconstruct(knots, "linear", 4)[1])
+
+    store.keys.clear()
+    lazy = lazy_reconstruct(da.from_zarr(arr), "of-linear", 4,
+                            method_params={"winsize": 21, "levels": 2})
+    out = lazy[4 * k + 2, :chunk, :chunk].compute()
+    read = {tuple(int(i) for i in key.split("/")[1:]) for key in store.keys
+            if key.startswith("c/")}
+    assert {z for z, _, _ in read} == {k, k + 1}  # its two knots only
+    assert len(read) <= 2 * 4  # their chunk and the neighbours the halo reaches
+    assert out.any()

@@ -31,7 +31,8 @@ from . import grid
 from .methods.base import Method, MethodInfo, create_method, dtype_value_range, get_info
 from .progress import Progress, drive
 
-#: Default y/x tile edge when the input is a numpy array (dask arrays use their own chunks).
+#: Default y/x tile edge when the input is a numpy array (dask arrays use their own chunks,
+#: see ``_tile_shape``).
 DEFAULT_TILE = 2048
 
 
@@ -129,8 +130,8 @@ def make_plan(volume, method: str, factor, tile_size=None, method_obj: Method | 
     info, f = parse_method_factor(method, factor)
     validate_volume(volume, info.min_slices, method)
     z, h, w = (int(s) for s in volume.shape)
-    tile = _tile_shape(volume, tile_size)
     halo = method_obj.halo() if method_obj is not None else 0
+    tile = _tile_shape(volume, tile_size, halo)
     if method_obj is not None:
         method_obj.prepare(volume)
     vr = tuple(value_range) if value_range is not None else volume_value_range(volume)
@@ -138,7 +139,12 @@ def make_plan(volume, method: str, factor, tile_size=None, method_obj: Method | 
                 np.dtype(volume.dtype), vr, tile, halo)
 
 
-def _tile_shape(volume, tile_size) -> tuple[int, int]:
+#: A tile follows the input's dask chunks, but is at least this many halos wide: a 512 px
+#: chunk with of-linear's 256 px halo would compute 1024 x 1024 pixels for every 512 x 512.
+MIN_TILE_HALOS = 4
+
+
+def _tile_shape(volume, tile_size, halo: int = 0) -> tuple[int, int]:
     h, w = int(volume.shape[1]), int(volume.shape[2])
     if tile_size:
         ty, tx = (tile_size, tile_size) if np.isscalar(tile_size) else tile_size
@@ -147,7 +153,11 @@ def _tile_shape(volume, tile_size) -> tuple[int, int]:
         return min(int(ty), h), min(int(tx), w)
     chunks = getattr(volume, "chunks", None)
     if chunks is not None and isinstance(chunks, tuple) and isinstance(chunks[1], tuple):
-        return max(chunks[1]), max(chunks[2])  # dask: follow its (y, x) chunks
+        # dask: follow its (y, x) chunks, whole multiples of them when the halo is large
+        def edge(chunk, n):
+            k = max(1, -(-MIN_TILE_HALOS * int(halo) // chunk))
+            return min(k * chunk, max(chunk, DEFAULT_TILE), n)
+        return edge(max(chunks[1]), h), edge(max(chunks[2]), w)
     return min(DEFAULT_TILE, h), min(DEFAULT_TILE, w)
 
 
@@ -164,10 +174,9 @@ def plan_slabs(n_slices: int, factor, method: Method | int) -> list[list[int]]:
     the lazy array's z-chunks and the cluster runner's render calls, so that all three
     compute exactly the same blocks). ``method``: a Method, or its ``slab_intervals`` (the
     cluster client plans for a method that exists only on its workers)."""
-    groups = grid.intervals(n_slices, factor)
+    groups = grid.interval_indices(n_slices, factor)
     step = max(1, method if isinstance(method, int) else method.slab_intervals)
-    return [[i for _, items in groups[s:s + step] for i, _ in items]
-            for s in range(0, len(groups), step)]
+    return [np.concatenate(groups[s:s + step]).tolist() for s in range(0, len(groups), step)]
 
 
 # -- the one block function -----------------------------------------------------------------------

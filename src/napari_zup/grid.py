@@ -89,6 +89,18 @@ def intervals(n_slices: int, factor) -> list[tuple[int, list[tuple[int, Fraction
     return sorted(groups.items())
 
 
+def interval_indices(n_slices: int, factor) -> list[np.ndarray]:
+    """The output indices of :func:`intervals`, without the positions: one int64 array per
+    knot interval, in z order. Integer arithmetic, so planning a 100 000-slice output takes
+    milliseconds (the Fractions of ``intervals`` take about a second)."""
+    f = parse_factor(factor)
+    p, q = f.numerator, f.denominator  # z_i = i / f = i * q / p
+    idx = np.arange(output_length(n_slices, f), dtype=np.int64)
+    k = np.minimum((idx * q) // p, n_slices - 2)
+    cuts = np.flatnonzero(np.diff(k)) + 1
+    return np.split(idx, cuts)
+
+
 def auto_factor(voxel_size, fractional: bool = True) -> Fraction:
     """The factor that makes ``voxel_size`` (z, y, x) isotropic: z step / x pixel size.
 

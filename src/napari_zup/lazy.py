@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dask.array as da
 import numpy as np
+from dask.local import get_sync
 
 from .engine import _method, _tiles, make_plan, plan_slabs, render_output_block
 
@@ -166,7 +167,9 @@ class OnDemandVolume:
 
     def _compute(self, cid):
         try:
-            block = np.asarray(self.lazy.blocks[cid].compute(scheduler="synchronous"))
+            # dask's synchronous scheduler, given as the function itself: named schedulers
+            # make dask import dask.distributed first (~0.25 s on the first view)
+            block = np.asarray(self.lazy.blocks[cid].compute(scheduler=get_sync))
         except BaseException as exc:  # kept for the caller to show; the view stays usable
             self.errors.append(exc)
             with self._lock:

@@ -9,6 +9,7 @@ is instant. Nothing is written to disk; the input layer is never modified.
 """
 from __future__ import annotations
 
+import os
 import time
 
 from qtpy.QtCore import QObject, QTimer, Signal
@@ -41,7 +42,8 @@ class OnDemandRun:
         self.view = OnDemandVolume(
             lazy_reconstruct(vol, method, self.factor, method_params=method_params,
                              tile_size=tile_size),
-            on_ready=self._chunk_arrived, cache_bytes=cache_bytes)
+            on_ready=self._chunk_arrived, cache_bytes=cache_bytes,
+            workers=max(1, min(4, os.cpu_count() or 1)))  # the tiles of a view in parallel
         self.out_shape = self.view.shape
         self._relay = _Relay()
         self._relay.arrived.connect(self._schedule_refresh)
