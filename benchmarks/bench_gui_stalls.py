@@ -87,15 +87,20 @@ def main():
         for stack, n in where.most_common(4):
             print(f"    {n * 0.05:.2f} s in {stack}", flush=True)
 
+    def idle(seconds):
+        t_end = time.perf_counter() + seconds
+        while time.perf_counter() < t_end:
+            app.processEvents()
+            time.sleep(0.01)
+
     def clear():
-        """Remove the results one layer per repaint: removing an image, an RGB and a Vectors
-        layer together makes llvmpipe segfault on the next draw (docs/napari.md)."""
-        for lay in list(viewer.layers)[::-1]:
+        """Hide the previous job's results (and close what it computes on demand) instead of
+        removing them: removing layers makes napari segfault in llvmpipe's glDrawArrays on a
+        later draw, one layer at a time as well (docs/napari.md, known issue)."""
+        for lay in list(viewer.layers):
             if lay is not layer:
-                viewer.layers.remove(lay)
-                for _ in range(5):
-                    app.processEvents()
-                    time.sleep(0.02)
+                lay.visible = False
+        app.processEvents()
 
     rows: list[tuple[str, float, float]] = []
     load0 = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
@@ -108,6 +113,7 @@ def main():
         rec.factor_spin.setValue(4)
         if rec.flow_check.isEnabled():
             rec.flow_check.setChecked(flows)
+        idle(1.0)  # a user sets the dock up, then clicks Run
         box = {}
         measure(f"Reconstruct {method}" + (" + flows" if flows else ""),
                 lambda: box.setdefault("run", rec.start()),
@@ -134,6 +140,7 @@ def main():
             lambda: time.perf_counter() - settle["t"] > 1.0)
     measure("Reconstruct on demand (of-linear): scrolling 12 slices", lambda: None,
             lambda: state["i"] >= len(zs) and all(run.view.ready(z) for z in zs), scroll)
+    run.cancel()
     clear()
 
     cmp_ = dock("Compare")
@@ -155,7 +162,8 @@ def main():
         return go, lambda: "done" in flag
 
     go, finished = started(ev, ev.start)
-    measure(f"Evaluate ({ev.mode_combo.currentText()}) linear, of-linear", go, finished)
+    measure(f"Evaluate ({ev.mode_combo.currentText()}) linear, of-linear", go,
+            lambda: finished() and not ev.busy)  # busy: its results still being shown
     clear()
 
     fl = dock("Flow")

@@ -263,8 +263,8 @@ def test_evaluate_shows_the_same_numbers_as_evaluate_method(qtbot, make_napari_v
     w.factor_spin.setValue(4)
     w.methods.set_selected(["linear", "of-linear"])
     assert w.start()
-    qtbot.waitUntil(lambda: not w.worker.is_running and len(w.scores) == 2,
-                    timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)
+    assert len(w.scores) == 2
     for row, m in enumerate(["linear", "of-linear"]):
         ref, recon, maps = evaluate_method(g, 4, m, keep_output=True, error_maps=True)
         cells = [w.table.item(row, c).text() for c in range(w.table.columnCount())]

@@ -9,10 +9,12 @@ All numbers come from :func:`napari_zup.evaluation.evaluate_events` /
 """
 from __future__ import annotations
 
+import collections
 import threading
 import time
 
 import numpy as np
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -113,6 +115,8 @@ class EvaluateWidget(DockWidget):
         self._cancel = threading.Event()
         self._pbar = None
         self._in_pbar = False
+        self._steps: collections.deque = collections.deque()
+        self._busy = False
         self._ui_t = 0.0
         self.cmap = error_colormap()
         form = QFormLayout()
@@ -337,6 +341,7 @@ class EvaluateWidget(DockWidget):
         from napari.utils import progress
 
         self._pbar = progress(total=total, desc=f"evaluate ×{f}")
+        self._busy = True
         self._done_slices = 0
         self.worker = start_worker(self._job, ground_truth, f, methods, params, self_mode,
                                    self._cancel, on_yield=self._on_yield,
@@ -404,10 +409,37 @@ class EvaluateWidget(DockWidget):
         self.progress_bar.setValue(self._done_slices)
         self._show_method(method, score, recon, maps)
 
+    # One GUI step per event-loop pass: adding a layer is 0.1-0.4 s of napari's work on
+    # software OpenGL, so a method's two layers and its table row/plot each get a pass of
+    # their own (together they froze the GUI for 0.7-0.8 s). The run's end waits its turn.
+    def _later(self, step):
+        self._steps.append(step)
+        if len(self._steps) == 1:
+            QTimer.singleShot(0, self._next_step)
+
+    def _next_step(self):
+        if not self._steps:
+            return
+        try:
+            self._steps[0]()
+        finally:
+            self._steps.popleft()
+            if self._steps:
+                QTimer.singleShot(0, self._next_step)
+
+    @property
+    def busy(self) -> bool:
+        """Computing, or still showing what was computed."""
+        return self._busy or bool(self._steps)
+
     def _show_method(self, method, score, recon, maps):
+        self._later(lambda: self._add_restored_layer(method, score, recon))
+        self._later(lambda: self._add_error_layer(method, score, maps))
+        self._later(lambda: self._add_score(method, score))
+
+    def _result_kwargs(self, method, score):
         layer = self._layer
         f = self._factor
-        self.scores[method] = score
         kw = {"scale": tuple(layer.scale[-3:]), "translate": tuple(layer.translate[-3:]),
               "axis_labels": ("z", "y", "x")}
         units = layer_units(layer)
@@ -419,19 +451,34 @@ class EvaluateWidget(DockWidget):
                         "protocol": protocol, "scores": score.summary()}}
         label = self._labels.get(method, method)
         tag = "self-eval ×2" if self._self_mode else f"×{f}"
-        self.restored_layers[method] = self.viewer.add_image(
+        return label, tag, meta, kw
+
+    def _add_restored_layer(self, method, score, recon):
+        label, tag, meta, kw = self._result_kwargs(method, score)
+        lay = self.viewer.add_image(
             recon, name=unique_name(self.viewer, f"{label} {tag} restored"),
-            contrast_limits=tuple(layer.contrast_limits), metadata=meta, **kw)
-        self.error_layers[method] = self.viewer.add_image(
-            maps, name=unique_name(self.viewer, f"{label} {tag} |R-G|"),
-            colormap=self.cmap, blending="translucent", opacity=1.0, metadata=meta, **kw)
+            contrast_limits=tuple(self._layer.contrast_limits), metadata=meta, visible=False,
+            **kw)
+        self.restored_layers[method] = lay
+
+    def _add_error_layer(self, method, score, maps):
+        label, tag, meta, kw = self._result_kwargs(method, score)
+        f = self._factor
         # One contrast for all error maps so that brighter means larger error everywhere.
-        restored = grid.restored_output_indices(len(decimate(layer_volume(layer), f)), f)
+        restored = grid.restored_output_indices(len(decimate(layer_volume(self._layer), f)), f)
         hi = float(np.percentile(maps[restored], ERROR_PERCENTILE)) if len(restored) else 1.0
         self.error_limit = max(self.error_limit or 0.0, hi, 1e-3)
+        self.error_layers[method] = self.viewer.add_image(
+            maps, name=unique_name(self.viewer, f"{label} {tag} |R-G|"),
+            colormap=self.cmap, blending="translucent", opacity=1.0, metadata=meta,
+            contrast_limits=(0.0, self.error_limit), visible=False, **kw)
         for lay in self.error_layers.values():
             lay.contrast_limits = (0.0, self.error_limit)
         self.bar_hi.setText(f"{self.error_limit:.3f}")
+
+    def _add_score(self, method, score):
+        label = self._labels.get(method, method)
+        self.scores[method] = score
         row = self.table.rowCount()
         self.table.insertRow(row)
         for c, text in enumerate(score_cells(label, score)):
@@ -490,6 +537,7 @@ class EvaluateWidget(DockWidget):
                             + "; (+1) = with its error map")
 
     def _finish(self):
+        self._busy = False
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         self.progress_bar.setVisible(False)
@@ -498,6 +546,9 @@ class EvaluateWidget(DockWidget):
             self._pbar = None
 
     def _on_return(self, status):
+        self._later(lambda: self._returned(status))
+
+    def _returned(self, status):
         self._finish()
         if status == "cancelled":
             self.status.setText(f"cancelled; {len(self.scores)} of {len(self._methods)} "
@@ -512,6 +563,9 @@ class EvaluateWidget(DockWidget):
                             f"0..{self.error_limit:.3f}.")
 
     def _on_error(self, exc):
+        self._later(lambda: self._failed(exc))
+
+    def _failed(self, exc):
         self._finish()
         self.status.setText(f"failed: {exc}")
         notify_error(f"Evaluate failed: {exc}")
