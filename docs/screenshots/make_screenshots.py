@@ -96,7 +96,7 @@ def evaluate():
     w = dock(viewer, "Evaluate")
     w.methods.set_selected(["linear", "cubic", "of-linear", "of-cubic", "film"])
     w.start()
-    wait(lambda: len(w.scores) == 5 and not w.worker.is_running, timeout=900)
+    wait(lambda: not w.busy, timeout=900)  # computed and shown
     pump()
     w.map_combo.setCurrentText("linear")
     viewer.dims.set_point(0, 40.0 * 15)  # a restored section (odd index)

@@ -248,10 +248,7 @@ class StreamingRun:
         if self._in_refresh:  # inside start() or a redraw's processEvents: right after it
             self._trailing.start(10)
             return
-        first = "first_slice_s" not in self.stats
         self._refresh()
-        if first:
-            self.stats["first_slice_s"] = time.perf_counter() - self.t_start
         if self.on_progress is not None and self.status == "running":
             self.on_progress(self)
 
@@ -261,6 +258,8 @@ class StreamingRun:
             self._redraw(every_layer)
         finally:
             self._in_refresh = False
+        if "first_slice_s" not in self.stats and self.progress.done and self.layer is not None:
+            self.stats["first_slice_s"] = time.perf_counter() - self.t_start  # on screen
 
     def _redraw(self, every_layer=False):
         """Show what has arrived. One new layer per event-loop pass (each is 0.1-0.4 s of
@@ -303,13 +302,13 @@ class StreamingRun:
     def _finish(self, status: str):
         self.status = status
         self._trailing.stop()
-        self.stats["total_s"] = time.perf_counter() - self.t_start
         self.stats["slices"] = self.progress.done
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
         if self.layer is not None:
-            self._mark_layer()
+            self._mark_layer()  # the last redraw: a short run's first slice on screen too
+        self.stats["total_s"] = time.perf_counter() - self.t_start
         for store in self._release_later:
             release_store(store)
         if self.want_flows and self.flow_layer is None:  # ended before it was added
