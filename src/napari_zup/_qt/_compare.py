@@ -202,7 +202,9 @@ class CompareWidget(DockWidget):
         self.runs.append(run)
         self._slot_runs[method] = run
         run.start()
-        self._layout()
+        # the grid re-layout (moving layers, redrawing every panel) in a pass of its own:
+        # together with the new layer and its progress bar it froze the GUI for 0.3-0.6 s
+        QTimer.singleShot(0, self._layout)
 
     def cancel(self):
         self._queue = []
