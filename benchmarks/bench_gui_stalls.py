@@ -169,7 +169,7 @@ def main():
     fl = dock("Flow")
     fl.layer_combo.set_layer(layer)
     go, finished = started(fl, fl.compute)
-    measure("Flow (default window)", go, finished)
+    measure("Flow (default window)", go, lambda: finished() and not fl.busy)
     clear()
 
     tr = dock("Train")

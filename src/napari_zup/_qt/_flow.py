@@ -102,6 +102,7 @@ class FlowWidget(DockWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
         self.worker = None
+        self._showing = False
         self.vectors_layer = None
         self.rgb_layer = None
         self._pending = False
@@ -358,7 +359,8 @@ class FlowWidget(DockWidget):
         if self._length_auto:
             self._set_quietly(self.length, default_length(mag, self.step.value()))
         self._rgb_kw = kw
-        if self.rgb_layer is None or self.rgb_layer not in self.viewer.layers:
+        new_rgb = self.rgb_layer is None or self.rgb_layer not in self.viewer.layers
+        if new_rgb:
             self.rgb_layer = self.viewer.add_image(
                 rgb, rgb=True, name=f"{base} colours", metadata=meta, **kw)
         else:
@@ -366,6 +368,25 @@ class FlowWidget(DockWidget):
             self.rgb_layer.scale = kw["scale"]
             self.rgb_layer.metadata = meta
         self._place_colours()
+        stats = ([r[4][0] for r in self._results], [r[4][1] for r in self._results],
+                 list(self._pairs))
+        new_vectors = self.vectors_layer is None or self.vectors_layer not in self.viewer.layers
+        if new_rgb and new_vectors:
+            # two new layers: the Vectors layer in the next event-loop pass (each new layer is
+            # 0.1-0.4 s of napari's GUI work on software OpenGL; together one longer freeze)
+            self._showing = True
+            QTimer.singleShot(0, lambda: self._show_vectors(vec, mag, vmax, meta, base, kw,
+                                                            stats))
+        else:
+            self._show_vectors(vec, mag, vmax, meta, base, kw, stats)
+
+    @property
+    def busy(self) -> bool:
+        """Computing, or still adding what was computed."""
+        return self._showing or (self.worker is not None and self.worker.is_running)
+
+    def _show_vectors(self, vec, mag, vmax, meta, base, kw, stats):
+        self._showing = False
         if self.vectors_layer is None or self.vectors_layer not in self.viewer.layers:
             self.vectors_layer = self.viewer.add_vectors(
                 vec, features={"magnitude": mag}, edge_color="magnitude",
@@ -382,13 +403,12 @@ class FlowWidget(DockWidget):
             lay.translate = kw["translate"]
             lay.scale = kw["scale"]
             lay.metadata = meta
-        means = [r[4][0] for r in self._results]
-        maxes = [r[4][1] for r in self._results]
+        means, maxes, pairs = stats
         dt = time.perf_counter() - self._t0
-        self.last_stats = {"pairs": list(self._pairs), "mean_px": float(np.mean(means)),
+        self.last_stats = {"pairs": pairs, "mean_px": float(np.mean(means)),
                            "max_px": float(np.max(maxes)), "seconds": dt}
-        where = (f"slices {self._pairs[0]}→{self._pairs[0] + 1}" if len(self._pairs) == 1
-                 else f"pairs {self._pairs[0]}..{self._pairs[-1]}")
+        where = (f"slices {pairs[0]}→{pairs[0] + 1}" if len(pairs) == 1
+                 else f"pairs {pairs[0]}..{pairs[-1]}")
         self.status.setText(f"{where}: mean |flow| {self.last_stats['mean_px']:.2f} px, "
                             f"max {self.last_stats['max_px']:.1f} px ({dt * 1000:.0f} ms). "
                             "Colours: hue = direction, brightness = magnitude.")
