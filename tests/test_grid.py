@@ -40,10 +40,14 @@ def test_bad_factors_are_refused_with_a_message(bad):
 
 @pytest.mark.parametrize("n, factor", [(2, 2), (5, 4), (7, Fraction(5, 2)), (10, "2.7"),
                                        (3, Fraction(7, 3)), (33, 4), (6, 12.5), (4, 1.5)])
-def test_interval_indices_are_the_indices_of_intervals(n, factor):
-    expected = [[i for i, _ in items] for _, items in grid.intervals(n, factor)]
+def test_interval_indices_match_exact_positions(n, factor):
+    f = grid.parse_factor(factor)
+    expected: dict[int, list[int]] = {}
+    for i in range(grid.output_length(n, f)):  # written out with exact Fractions
+        expected.setdefault(min(int(Fraction(i) / f), n - 2), []).append(i)
     got = [a.tolist() for a in grid.interval_indices(n, factor)]
-    assert got == expected
+    assert got == [expected[k] for k in sorted(expected)]
+    assert [k for k, _ in grid.intervals(n, factor)] == sorted(expected)
 
 
 def test_interval_indices_plan_a_huge_output_quickly():

@@ -74,31 +74,29 @@ def restored_output_indices(n_slices: int, factor) -> np.ndarray:
     )
 
 
-def intervals(n_slices: int, factor) -> list[tuple[int, list[tuple[int, Fraction]]]]:
-    """Group output slices by the knot interval they fall in.
-
-    Returns ``[(k, [(i, z), ...]), ...]`` in z order, where every output slice i with
-    ``k <= z < k + 1`` belongs to interval k; the last output slice (z = n - 1, a knot) is put
-    in the last interval so that every slice is listed exactly once.
-    """
-    groups: dict[int, list[tuple[int, Fraction]]] = {}
-    last = n_slices - 2
-    for i, z in enumerate(output_positions(n_slices, factor)):
-        k = min(math.floor(z), last)
-        groups.setdefault(k, []).append((i, z))
-    return sorted(groups.items())
-
-
 def interval_indices(n_slices: int, factor) -> list[np.ndarray]:
-    """The output indices of :func:`intervals`, without the positions: one int64 array per
-    knot interval, in z order. Integer arithmetic, so planning a 100 000-slice output takes
-    milliseconds (the Fractions of ``intervals`` take about a second)."""
+    """Output indices grouped by the knot interval they fall in: one int64 array per
+    interval, in z order. Output slice i (at z = i / F) belongs to interval
+    ``k = floor(z)``; the last one (z = n - 1, a knot) to the last interval, so that every
+    slice is listed exactly once. Integer arithmetic: planning a 100 000-slice output takes
+    milliseconds (Fractions per slice took about a second)."""
     f = parse_factor(factor)
     p, q = f.numerator, f.denominator  # z_i = i / f = i * q / p
     idx = np.arange(output_length(n_slices, f), dtype=np.int64)
     k = np.minimum((idx * q) // p, n_slices - 2)
     cuts = np.flatnonzero(np.diff(k)) + 1
     return np.split(idx, cuts)
+
+
+def intervals(n_slices: int, factor) -> list[tuple[int, list[tuple[int, Fraction]]]]:
+    """:func:`interval_indices` with each interval's knot k and each slice's exact position:
+    ``[(k, [(i, z), ...]), ...]`` in z order."""
+    f = parse_factor(factor)
+    out = []
+    for group in interval_indices(n_slices, f):
+        items = [(int(i), Fraction(int(i)) / f) for i in group]
+        out.append((min(math.floor(items[0][1]), n_slices - 2), items))
+    return out
 
 
 def auto_factor(voxel_size, fractional: bool = True) -> Fraction:
