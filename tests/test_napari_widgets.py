@@ -502,3 +502,18 @@ def test_preload_imports_in_the_background():
     thread = preload(("no_such_module_zup",))
     thread.join(10)  # a failed import is left to the code that needs the module
     assert not thread.is_alive() and "no_such_module_zup" not in sys.modules
+
+
+def test_pass_steps_run_in_order_one_per_event_loop_pass(qtbot):
+    from qtpy.QtWidgets import QApplication
+
+    from napari_zup._qt._common import PassSteps
+
+    steps, ran = PassSteps(), []
+    for n in range(3):
+        steps.add(lambda n=n: ran.append(n))
+    assert steps.pending and ran == []  # nothing runs inside add()
+    QApplication.processEvents()
+    assert len(ran) <= 2  # not all in one pass
+    qtbot.waitUntil(lambda: not steps.pending, timeout=5000)
+    assert ran == [0, 1, 2]

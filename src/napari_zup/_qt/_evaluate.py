@@ -9,12 +9,10 @@ All numbers come from :func:`napari_zup.evaluation.evaluate_events` /
 """
 from __future__ import annotations
 
-import collections
 import threading
 import time
 
 import numpy as np
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -39,6 +37,7 @@ from ..evaluation import (
 from ._common import (
     DockWidget,
     LayerCombo,
+    PassSteps,
     anisotropy,
     layer_problem,
     layer_units,
@@ -115,7 +114,9 @@ class EvaluateWidget(DockWidget):
         self._cancel = threading.Event()
         self._pbar = None
         self._in_pbar = False
-        self._steps: collections.deque = collections.deque()
+        # a method's restored layer, error map and table row/plot each get an event-loop pass
+        # (together they froze the GUI for 0.7-0.8 s); the run's end waits its turn
+        self._steps = PassSteps()
         self._busy = False
         self._ui_t = 0.0
         self.cmap = error_colormap()
@@ -409,33 +410,15 @@ class EvaluateWidget(DockWidget):
         self.progress_bar.setValue(self._done_slices)
         self._show_method(method, score, recon, maps)
 
-    # One GUI step per event-loop pass: adding a layer is 0.1-0.4 s of napari's work on
-    # software OpenGL, so a method's two layers and its table row/plot each get a pass of
-    # their own (together they froze the GUI for 0.7-0.8 s). The run's end waits its turn.
-    def _later(self, step):
-        self._steps.append(step)
-        if len(self._steps) == 1:
-            QTimer.singleShot(0, self._next_step)
-
-    def _next_step(self):
-        if not self._steps:
-            return
-        try:
-            self._steps[0]()
-        finally:
-            self._steps.popleft()
-            if self._steps:
-                QTimer.singleShot(0, self._next_step)
-
     @property
     def busy(self) -> bool:
         """Computing, or still showing what was computed."""
-        return self._busy or bool(self._steps)
+        return self._busy or self._steps.pending
 
     def _show_method(self, method, score, recon, maps):
-        self._later(lambda: self._add_restored_layer(method, score, recon))
-        self._later(lambda: self._add_error_layer(method, score, maps))
-        self._later(lambda: self._add_score(method, score))
+        self._steps.add(lambda: self._add_restored_layer(method, score, recon))
+        self._steps.add(lambda: self._add_error_layer(method, score, maps))
+        self._steps.add(lambda: self._add_score(method, score))
 
     def _result_kwargs(self, method, score):
         layer = self._layer
@@ -546,7 +529,7 @@ class EvaluateWidget(DockWidget):
             self._pbar = None
 
     def _on_return(self, status):
-        self._later(lambda: self._returned(status))
+        self._steps.add(lambda: self._returned(status))
 
     def _returned(self, status):
         self._finish()
@@ -563,7 +546,7 @@ class EvaluateWidget(DockWidget):
                             f"0..{self.error_limit:.3f}.")
 
     def _on_error(self, exc):
-        self._later(lambda: self._failed(exc))
+        self._steps.add(lambda: self._failed(exc))
 
     def _failed(self, exc):
         self._finish()

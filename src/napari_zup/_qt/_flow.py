@@ -28,6 +28,7 @@ from ..flow import FarnebackParams, flow_to_rgb, flow_vectors
 from ._common import (
     DockWidget,
     LayerCombo,
+    PassSteps,
     layer_problem,
     layer_units,
     layer_volume,
@@ -102,7 +103,7 @@ class FlowWidget(DockWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
         self.worker = None
-        self._showing = False
+        self._steps = PassSteps()
         self.vectors_layer = None
         self.rgb_layer = None
         self._pending = False
@@ -372,21 +373,17 @@ class FlowWidget(DockWidget):
                  list(self._pairs))
         new_vectors = self.vectors_layer is None or self.vectors_layer not in self.viewer.layers
         if new_rgb and new_vectors:
-            # two new layers: the Vectors layer in the next event-loop pass (each new layer is
-            # 0.1-0.4 s of napari's GUI work on software OpenGL; together one longer freeze)
-            self._showing = True
-            QTimer.singleShot(0, lambda: self._show_vectors(vec, mag, vmax, meta, base, kw,
-                                                            stats))
+            # two new layers: the Vectors layer in the next event-loop pass
+            self._steps.add(lambda: self._show_vectors(vec, mag, vmax, meta, base, kw, stats))
         else:
             self._show_vectors(vec, mag, vmax, meta, base, kw, stats)
 
     @property
     def busy(self) -> bool:
         """Computing, or still adding what was computed."""
-        return self._showing or (self.worker is not None and self.worker.is_running)
+        return self._steps.pending or (self.worker is not None and self.worker.is_running)
 
     def _show_vectors(self, vec, mag, vmax, meta, base, kw, stats):
-        self._showing = False
         if self.vectors_layer is None or self.vectors_layer not in self.viewer.layers:
             self.vectors_layer = self.viewer.add_vectors(
                 vec, features={"magnitude": mag}, edge_color="magnitude",
