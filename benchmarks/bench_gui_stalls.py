@@ -8,6 +8,9 @@ anisotropic FlyEM sample (33 x 192 x 192, z step 40 nm, x4): Reconstruct with li
 of-cubic, of-cubic with flows, film and on demand (adding the layer; scrolling through 12
 slices), Compare (linear, of-linear, film), Evaluate (self-evaluation, linear + of-linear),
 Flow, Train (film, 10 s then Stop). Prints a Markdown table and the load (`uptime`): the machines are shared.
+
+``--only reconstruct,on-demand,compare,evaluate,flow,train`` runs some of the jobs; ``--why``
+samples what the GUI thread was doing during each stall.
 """
 from __future__ import annotations
 
@@ -64,6 +67,11 @@ def main():
     if "--why" in sys.argv:
         threading.Thread(target=sampler, daemon=True).start()
 
+    jobs = set(sys.argv[sys.argv.index("--only") + 1].split(",")) if "--only" in sys.argv else None
+
+    def want(job):
+        return jobs is None or job in jobs
+
     def measure(label, start, done, during=None, timeout=900):
         where.clear()
         sampling.set()
@@ -105,54 +113,6 @@ def main():
     rows: list[tuple[str, float, float]] = []
     load0 = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
-    rec = dock("Reconstruct")
-    rec.layer_combo.set_layer(layer)
-    for method, flows in (("linear", False), ("of-cubic", False), ("of-cubic", True),
-                          ("film", False)):
-        rec.method_combo.setCurrentText(method)
-        rec.factor_spin.setValue(4)
-        if rec.flow_check.isEnabled():
-            rec.flow_check.setChecked(flows)
-        idle(1.0)  # a user sets the dock up, then clicks Run
-        box = {}
-        measure(f"Reconstruct {method}" + (" + flows" if flows else ""),
-                lambda: box.setdefault("run", rec.start()),
-                lambda: box.get("run") is None or not box["run"].running)
-        clear()
-    rec.flow_check.setChecked(False)
-
-    # on demand: the whole layer at once, then the slider moves every 0.3 s over 12 slices
-    from napari_zup._qt._on_demand import OnDemandRun
-
-    run = OnDemandRun(viewer, layer, "of-linear", 4)
-    zs = list(range(5, 125, 10))
-    state = {"i": 0, "next": 0.0}
-
-    def scroll(t):
-        if state["i"] < len(zs) and t >= state["next"]:
-            viewer.dims.set_point(0, zs[state["i"]] * run.layer.scale[0])
-            state["i"] += 1
-            state["next"] = t + 0.3
-
-    settle = {}
-    measure("Reconstruct on demand (of-linear): adding the layer (then 1 s idle)",
-            lambda: (run.start(), settle.setdefault("t", time.perf_counter())),
-            lambda: time.perf_counter() - settle["t"] > 1.0)
-    measure("Reconstruct on demand (of-linear): scrolling 12 slices", lambda: None,
-            lambda: state["i"] >= len(zs) and all(run.view.ready(z) for z in zs), scroll)
-    run.cancel()
-    clear()
-
-    cmp_ = dock("Compare")
-    cmp_.layer_combo.set_layer(layer)
-    cmp_.methods.set_selected(["linear", "of-linear", "film"])
-    measure("Compare linear, of-linear, film", cmp_.start, lambda: not cmp_.running)
-    clear()
-    viewer.canvas.grid.enabled = False
-
-    ev = dock("Evaluate")
-    ev.layer_combo.set_layer(layer)
-    ev.methods.set_selected(["linear", "of-linear"])
     def started(widget, start):  # done = the worker's finished signal, not "not running yet"
         flag = {}
 
@@ -161,32 +121,86 @@ def main():
             widget.worker.finished.connect(lambda: flag.setdefault("done", True))
         return go, lambda: "done" in flag
 
-    go, finished = started(ev, ev.start)
-    measure(f"Evaluate ({ev.mode_combo.currentText()}) linear, of-linear", go,
-            lambda: finished() and not ev.busy)  # busy: its results still being shown
-    clear()
+    if want("reconstruct"):
+        rec = dock("Reconstruct")
+        rec.layer_combo.set_layer(layer)
+        for method, flows in (("linear", False), ("of-cubic", False), ("of-cubic", True),
+                              ("film", False)):
+            rec.method_combo.setCurrentText(method)
+            rec.factor_spin.setValue(4)
+            if rec.flow_check.isEnabled():
+                rec.flow_check.setChecked(flows)
+            idle(1.0)  # a user sets the dock up, then clicks Run
+            box = {}
+            measure(f"Reconstruct {method}" + (" + flows" if flows else ""),
+                    lambda: box.setdefault("run", rec.start()),
+                    lambda: box.get("run") is None or not box["run"].running)
+            clear()
+        rec.flow_check.setChecked(False)
 
-    fl = dock("Flow")
-    fl.layer_combo.set_layer(layer)
-    go, finished = started(fl, fl.compute)
-    measure("Flow (default window)", go, lambda: finished() and not fl.busy)
-    clear()
+    if want("on-demand"):
+        # on demand: the whole layer at once, then the slider moves every 0.3 s over 12 slices
+        from napari_zup._qt._on_demand import OnDemandRun
 
-    tr = dock("Train")
-    tr.layer_combo.set_layer(layer)
-    tr.method_combo.setCurrentText("film")
-    box = {"t0": None}
+        run = OnDemandRun(viewer, layer, "of-linear", 4)
+        zs = list(range(5, 125, 10))
+        state = {"i": 0, "next": 0.0}
 
-    def train_start():
-        tr.start()
-        box["t0"] = time.perf_counter()
+        def scroll(t):
+            if state["i"] < len(zs) and t >= state["next"]:
+                viewer.dims.set_point(0, zs[state["i"]] * run.layer.scale[0])
+                state["i"] += 1
+                state["next"] = t + 0.3
 
-    def train_during(t):
-        if t > 10 and tr.status_text == "running":
-            tr.stop()
+        settle = {}
+        measure("Reconstruct on demand (of-linear): adding the layer (then 1 s idle)",
+                lambda: (run.start(), settle.setdefault("t", time.perf_counter())),
+                lambda: time.perf_counter() - settle["t"] > 1.0)
+        measure("Reconstruct on demand (of-linear): scrolling 12 slices", lambda: None,
+                lambda: state["i"] >= len(zs) and all(run.view.ready(z) for z in zs), scroll)
+        run.cancel()
+        clear()
 
-    measure("Train film (10 s, then Stop)", train_start,
-            lambda: tr.status_text in ("done", "stopped", "failed"), train_during)
+    if want("compare"):
+        cmp_ = dock("Compare")
+        cmp_.layer_combo.set_layer(layer)
+        cmp_.methods.set_selected(["linear", "of-linear", "film"])
+        measure("Compare linear, of-linear, film", cmp_.start, lambda: not cmp_.running)
+        clear()
+        viewer.canvas.grid.enabled = False
+
+    if want("evaluate"):
+        ev = dock("Evaluate")
+        ev.layer_combo.set_layer(layer)
+        ev.methods.set_selected(["linear", "of-linear"])
+        go, finished = started(ev, ev.start)
+        measure(f"Evaluate ({ev.mode_combo.currentText()}) linear, of-linear", go,
+                lambda: finished() and not ev.busy)  # busy: its results still being shown
+        clear()
+
+    if want("flow"):
+        fl = dock("Flow")
+        fl.layer_combo.set_layer(layer)
+        go, finished = started(fl, fl.compute)
+        measure("Flow (default window)", go, lambda: finished() and not fl.busy)
+        clear()
+
+    if want("train"):
+        tr = dock("Train")
+        tr.layer_combo.set_layer(layer)
+        tr.method_combo.setCurrentText("film")
+        box = {"t0": None}
+
+        def train_start():
+            tr.start()
+            box["t0"] = time.perf_counter()
+
+        def train_during(t):
+            if t > 10 and tr.status_text == "running":
+                tr.stop()
+
+        measure("Train film (10 s, then Stop)", train_start,
+                lambda: tr.status_text in ("done", "stopped", "failed"), train_during)
 
     load1 = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print("\n| job | longest GUI stall | job time |\n|---|---|---|")

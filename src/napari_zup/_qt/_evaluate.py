@@ -232,12 +232,12 @@ class EvaluateWidget(DockWidget):
     # -- plot ---------------------------------------------------------------------------------
 
     def _make_plot(self):
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
+        from ._figure import BackgroundFigure
 
-        self.figure = Figure(figsize=(4, 2.4), facecolor="#262930", layout="constrained")
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(170)
+        # drawn off the GUI thread (constrained layout + text: 0.1-0.3 s per draw here)
+        self.canvas = BackgroundFigure(figsize=(4, 2.4), dpi=90, min_height=170,
+                                       facecolor="#262930", layout="constrained")
+        self.figure = self.canvas.figure
         self.ax = self.figure.add_subplot()
         self._style_axes()
         self.layout().addWidget(self.canvas, 1)  # the plot takes the spare height
@@ -253,19 +253,25 @@ class EvaluateWidget(DockWidget):
 
     def _plot(self):
         """Mean SSIM per method at each position between two kept slices (F = 2: one bar
-        per method), legend outside the axes."""
-        self.ax.clear()
-        self._style_axes()
+        per method), legend outside the axes. The values are taken now; the figure is drawn
+        on its own thread."""
         f = getattr(self, "_factor", 2)
         names = list(self.scores)
+        by = {m: ssim_by_position(self.scores[m], f) for m in names}
+        labels = [self._labels.get(m, m) for m in names]
+        self.canvas.redraw(lambda fig: self._draw_plot(f, names, labels, by))
+
+    def _draw_plot(self, f, names, labels, by):  # on the figure's drawing thread
+        self.ax.clear()
+        self._style_axes()
         if names and f == 2:
-            vals = [ssim_by_position(self.scores[m], 2).get(1, np.nan) for m in names]
+            vals = [by[m].get(1, np.nan) for m in names]
             colors = [f"C{k}" for k in range(len(names))]
             # horizontal bars: the method names stay readable however narrow the dock is
             pos = np.arange(len(names))[::-1]
             bars = self.ax.barh(pos, vals, color=colors, label=None)
             self.ax.bar_label(bars, fmt="%.3f", color="#d0d0d0", fontsize=7, padding=2)
-            self.ax.set_yticks(pos, [self._labels.get(m, m) for m in names])
+            self.ax.set_yticks(pos, labels)
             lo, hi = np.nanmin(vals), np.nanmax(vals)
             self.ax.set_xlim(max(0.0, lo - 0.3 * (hi - lo) - 0.02),
                              min(1.0, hi + 0.25 * (hi - lo) + 0.02))
@@ -274,16 +280,14 @@ class EvaluateWidget(DockWidget):
                               fontsize=9)
         elif names:
             for k, m in enumerate(names):
-                by = ssim_by_position(self.scores[m], f)
-                self.ax.plot([p / f for p in by], list(by.values()), "o-", ms=4, lw=1.5,
-                             color=f"C{k}", label=m)
+                self.ax.plot([p / f for p in by[m]], list(by[m].values()), "o-", ms=4,
+                             lw=1.5, color=f"C{k}", label=m)
             self.ax.set_xlim(0, 1)
             self.ax.set_xlabel("position between kept slices (0 and 1 = kept)",
                                color="#d0d0d0", fontsize=9)
             self.ax.legend(fontsize=8, facecolor="#262930", labelcolor="#d0d0d0",
                            edgecolor="#555555", loc="upper left", bbox_to_anchor=(1.02, 1.0),
                            borderaxespad=0.0)
-        self.canvas.draw_idle()
 
     # -- run ----------------------------------------------------------------------------------
 
@@ -413,7 +417,7 @@ class EvaluateWidget(DockWidget):
     @property
     def busy(self) -> bool:
         """Computing, or still showing what was computed."""
-        return self._busy or self._steps.pending
+        return self._busy or self._steps.pending or self.canvas.pending
 
     def _show_method(self, method, score, recon, maps):
         self._steps.add(lambda: self._add_restored_layer(method, score, recon))

@@ -24,14 +24,15 @@ def _fmt_s(seconds: float) -> str:
 
 
 class TrainPlot:
-    """A matplotlib canvas that shows what a training session reports (display only)."""
+    """The loss curve and the two xz planes, drawn off the GUI thread (display only;
+    :class:`~napari_zup._qt._figure.BackgroundFigure`)."""
 
     def __init__(self, layout):
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
+        from ._figure import BackgroundFigure
 
-        fig = Figure(figsize=(3.4, 3.9), dpi=90, facecolor="#262930")
-        self.figure = fig
+        self.canvas = BackgroundFigure(figsize=(3.4, 3.9), dpi=90, min_height=320,
+                                       facecolor="#262930")
+        fig = self.figure = self.canvas.figure
         top = fig.add_gridspec(1, 1, left=0.17, right=0.97, top=0.94, bottom=0.58)
         bottom = fig.add_gridspec(1, 2, left=0.02, right=0.98, top=0.47, bottom=0.01,
                                   wspace=0.06)
@@ -54,20 +55,25 @@ class TrainPlot:
             a.set_title(title, color=fg, fontsize=8)
         self.im_in = None
         self.im_out = None
-        self.canvas = FigureCanvasQTAgg(fig)
-        self.canvas.setMinimumHeight(320)
         layout.addWidget(self.canvas)
 
     def reset(self):
+        self.canvas.redraw(lambda fig: self._reset())
+
+    def _reset(self):
         self.loss_line.set_data([], [])
         self.ax_loss.set_yscale("linear")
         for a in (self.ax_in, self.ax_out):
             for im in list(a.images):
                 im.remove()
         self.im_in = self.im_out = None
-        self.canvas.draw_idle()
 
     def redraw(self, steps, losses, preview, input_plane):
+        """Queue a redraw with these data (copied: the caller keeps appending)."""
+        steps, losses = list(steps), list(losses)
+        self.canvas.redraw(lambda fig: self._update(steps, losses, preview, input_plane))
+
+    def _update(self, steps, losses, preview, input_plane):  # on the drawing thread
         if steps:
             self.loss_line.set_data(steps, losses)
             # axes fitted to the points from the first one on (a single point gets a margin)
@@ -92,4 +98,3 @@ class TrainPlot:
                     self.im_in = self.ax_in.imshow(input_plane, **kw)
             else:
                 self.im_out.set_data(preview)
-        self.canvas.draw_idle()
