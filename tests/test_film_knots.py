@@ -197,3 +197,33 @@ def test_train_cli_knots_option(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main("tsain", ["--data", str(tmp_path / "a.tif"), "--knots", "4", "--steps", "1"])
     assert "--knots applies to film only" in capsys.readouterr().err
+
+
+def test_end_flags_start_as_the_model_they_extend_and_see_a_clamped_knot():
+    """``end_flags``: two planes saying which outer knot is missing (clamped = identical to
+    the inner one); added to a 4-knot model they start at zero (same output), and once they
+    have weights the output changes only where a knot is clamped."""
+    m2, arch = _random_two_knot()
+    m4 = build_film({**arch, "knots": 4}).eval()
+    m4.load_state_dict(expand_state(m2.state_dict(), m4))
+    with torch.no_grad():
+        m4.dec_in[0][0].weight.normal_(0, 0.05)  # outer inputs with weights too
+    mf = build_film({**arch, "knots": 4, "end_flags": True}).eval()
+    mf.load_state_dict(expand_state(m4.state_dict(), mf))
+    x = torch.rand(4, 1, 48, 56)
+    t = torch.tensor([0.3])
+    with torch.no_grad():
+        inner = (x[:1], x[3:])
+        clamped = (x[1:2], x[3:])  # knot z - 1 missing: the end knot itself
+        for outer in (inner, clamped):
+            o4, _ = m4(x[1:2], x[2:3], t, outer)
+            of, _ = mf(x[1:2], x[2:3], t, outer)
+            assert float((o4 - of).abs().max()) < 1e-5
+        w = mf.dec_in[0][0].weight
+        w[:, -2:] = 0.5  # the flag channels (last) now matter
+        o_in = mf(x[1:2], x[2:3], t, inner)[0]
+        o_cl = mf(x[1:2], x[2:3], t, clamped)[0]
+        assert float((o_in - m4(x[1:2], x[2:3], t, inner)[0]).abs().max()) < 1e-5
+        assert float((o_cl - m4(x[1:2], x[2:3], t, clamped)[0]).abs().max()) > 1e-3
+    with pytest.raises(ValueError, match="end_flags needs knots = 4"):
+        build_film({**arch, "knots": 2, "end_flags": True})

@@ -29,6 +29,12 @@ deviation from that motion shows as a misalignment the network can correct. At t
 ends the missing outer knot is the end knot itself (clamped, as of-cubic). The extra input
 channels come last and start at zero (:func:`expand_state`), so a 4-knot model made from a
 2-knot checkpoint computes exactly what the 2-knot one did until it is trained.
+
+**End flags** (``arch["end_flags"]``, 4 knots): two more constant planes, one per side, that
+are 1 where the outer knot is missing (the volume end: the engine clamps it, so it equals the
+inner knot exactly; a training tuple clamped the same way). Without them the model has to
+infer "no outer knot" from two identical images warped by different flows. Also last and
+zero at the start: a 4-knot checkpoint with flags added computes what it did before.
 """
 from __future__ import annotations
 
@@ -47,6 +53,7 @@ DEFAULT_ARCH = {
     "flow_width": [0, 32, 40, 48],   # hidden width of the flow estimator per level (0: none)
     "dec_width": [16, 24, 32, 48],   # fusion decoder width per level
     "knots": 2,           # 2: the pair only; 4: also the outer knots z - 1 and z + 2
+    "end_flags": False,   # (4 knots) also two planes saying which outer knot is missing
 }
 
 
@@ -66,23 +73,26 @@ def outer_flows(flows):
 
 
 class _FlowEstimator(nn.Module):
-    def __init__(self, cfeat, width, outer=False):
+    def __init__(self, cfeat, width, outer=False, flags=False):
         super().__init__()
-        # the outer knots' warped features come last: a 2-knot checkpoint fills the first
-        # channels and the rest start at zero (expand_state)
+        # the outer knots' warped features come last (then the end flags): a 2-knot
+        # checkpoint fills the first channels and the rest start at zero (expand_state)
         self.net = nn.Sequential(
-            _conv(2 * cfeat + 5 + (2 * cfeat if outer else 0), width), _act(),
+            _conv(2 * cfeat + 5 + (2 * cfeat if outer else 0) + (2 if flags else 0), width),
+            _act(),
             _conv(width, width), _act(), _conv(width, width // 2), _act(),
             _conv(width // 2, 4))
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
-    def forward(self, fa, fb, flows, tmap, outer=None):
+    def forward(self, fa, fb, flows, tmap, outer=None, flags=None):
         parts = [backward_warp(fa, flows[:, :2]), backward_warp(fb, flows[:, 2:]), flows, tmap]
         if outer is not None:
             fm, fp = outer
             om, op = outer_flows(flows)
             parts += [backward_warp(fm, om), backward_warp(fp, op)]
+        if flags is not None:
+            parts.append(flags.expand(-1, -1, *fa.shape[-2:]))
         return flows + self.net(torch.cat(parts, 1))
 
 
@@ -90,17 +100,21 @@ class FilmNet(nn.Module):
     """FILM-style interpolator; ``encode`` once per knot, ``decode`` per output position."""
 
     def __init__(self, levels=4, c0=12, c1=20, flow_width=(0, 32, 40, 48),
-                 dec_width=(16, 24, 32, 48), knots=2):
+                 dec_width=(16, 24, 32, 48), knots=2, end_flags=False):
         super().__init__()
         if knots not in (2, 4):
             raise ValueError(f"film: knots must be 2 or 4, got {knots!r}")
-        self.levels, self.knots = levels, knots
+        if end_flags and knots != 4:
+            raise ValueError("film: end_flags needs knots = 4 (they say which outer knot is "
+                             "missing)")
+        self.levels, self.knots, self.end_flags = levels, knots, bool(end_flags)
         outer = knots == 4
         self.e0 = nn.Sequential(_conv(1, c0), _act(), _conv(c0, c0), _act())
         self.e1 = nn.Sequential(_conv(c0, c1, 2), _act(), _conv(c1, c1), _act())
         self.cfeat = [c0] + [c0 + c1] * (levels - 1)
         self.flow = nn.ModuleList(
-            [_FlowEstimator(self.cfeat[l], flow_width[l], outer) if flow_width[l]
+            [_FlowEstimator(self.cfeat[l], flow_width[l], outer, self.end_flags)
+             if flow_width[l]
              else nn.Identity() for l in range(levels)])
         self.flow_levels = [l for l in range(levels) if flow_width[l]]
         # decoder: stack_l = warped imgs (2) + warped feats (2 cfeat) + flows (4) + t (1)
@@ -110,6 +124,7 @@ class FilmNet(nn.Module):
             stack = 2 + 2 * self.cfeat[l] + 5
             prev = dec_width[l + 1] if l + 1 < levels else 0
             extra = 2 + 2 * self.cfeat[l] if outer else 0  # warped outer images + features
+            extra += 2 if self.end_flags else 0  # then the end flags
             self.dec_in.append(nn.Sequential(_conv(stack + prev + extra, dec_width[l]), _act(),
                                              _conv(dec_width[l], dec_width[l]), _act()))
             self.dec_up.append(nn.Identity() if l + 1 >= levels else nn.Sequential(
@@ -149,6 +164,11 @@ class FilmNet(nn.Module):
         if outer is not None:
             (imgs_m, fm), (imgs_p, fp) = expand(outer[0]), expand(outer[1])
         t4 = t.view(-1, 1, 1, 1).to(fa[0].dtype)
+        flags = None
+        if self.end_flags:  # an outer knot identical to its inner one is a clamped, missing one
+            def same(x, y):
+                return ((x - y).abs().flatten(1).amax(1) == 0).to(x.dtype).view(-1, 1, 1, 1)
+            flags = torch.cat([same(imgs_m[0], imgs_a[0]), same(imgs_p[0], imgs_b[0])], 1)
         top = self.levels - 1
         flows_per_level = [None] * self.levels
         flows = torch.zeros((n, 4) + fa[top].shape[-2:], device=t.device, dtype=fa[0].dtype)
@@ -159,7 +179,7 @@ class FilmNet(nn.Module):
             if l in self.flow_levels:
                 tmap = t4.expand(-1, 1, *fa[l].shape[-2:])
                 flows = self.flow[l](fa[l], fb[l], flows, tmap,
-                                     None if outer is None else (fm[l], fp[l]))
+                                     None if outer is None else (fm[l], fp[l]), flags)
             flows_per_level[l] = flows
         x = None
         for l in range(top, -1, -1):
@@ -176,6 +196,8 @@ class FilmNet(nn.Module):
                 om, op = outer_flows(fl)
                 parts += [backward_warp(imgs_m[l], om), backward_warp(imgs_p[l], op),
                           backward_warp(fm[l], om), backward_warp(fp[l], op)]
+            if flags is not None:
+                parts.append(flags.expand(-1, -1, *fa[l].shape[-2:]))
             x = self.dec_in[l](torch.cat(parts, 1))
             if l == 0:
                 wa0, wb0 = wia, wib
@@ -197,7 +219,7 @@ class FilmNet(nn.Module):
 def build_film(arch: dict) -> FilmNet:
     arch = {**DEFAULT_ARCH, **arch}
     return FilmNet(arch["levels"], arch["c0"], arch["c1"], tuple(arch["flow_width"]),
-                   tuple(arch["dec_width"]), int(arch["knots"]))
+                   tuple(arch["dec_width"]), int(arch["knots"]), bool(arch["end_flags"]))
 
 
 def expand_state(state: dict, model: nn.Module) -> dict:

@@ -66,6 +66,9 @@ def build_parser(method: str) -> argparse.ArgumentParser:
     p.add_argument("--knots", type=int, choices=(2, 4), default=None,
                    help="(film) 4: also see the outer knots z-1 and z+2 (started from a 2-knot "
                         "checkpoint, the new inputs start at zero); default: the checkpoint's")
+    p.add_argument("--end-flags", action="store_true", default=None,
+                   help="(film, 4 knots) also tell the model which outer knot is missing at "
+                        "the volume ends (two new inputs, started at zero)")
     return p
 
 
@@ -93,6 +96,10 @@ def config_from_args(method: str, argv: list[str]) -> TrainConfig:
         init = None if args.from_scratch else "bundled"
     if args.knots is not None and method != "film":
         p.error(f"--knots applies to film only, not {method}")
+    if args.end_flags and method != "film":
+        p.error(f"--end-flags applies to film only, not {method}")
+    arch = {**({"knots": args.knots} if args.knots else {}),
+            **({"end_flags": True} if args.end_flags else {})}
     data = args.data if len(args.data) > 1 else args.data[0]
     return TrainConfig(
         method, data, out=args.out, val=args.val, minutes=args.minutes, steps=args.steps,
@@ -100,7 +107,7 @@ def config_from_args(method: str, argv: list[str]) -> TrainConfig:
         device=args.device, init=init, resume=args.resume,
         self_supervised=args.self_supervised, augment=args.augment, seed=args.seed,
         factors=factors, degradation=args.degradation or "decimate", rows=args.rows,
-        arch={"knots": args.knots} if args.knots else None)
+        arch=arch or None)
 
 
 def main(method: str, argv: list[str]) -> int:
