@@ -52,6 +52,7 @@ def main():
 
     main_id = threading.get_ident()
     where: collections.Counter = collections.Counter()
+    others: collections.Counter = collections.Counter()
     sampling = threading.Event()
 
     def sampler():  # --why: what the GUI thread was doing while it missed its ticks
@@ -63,6 +64,11 @@ def main():
                 ours = [f"{f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}"
                         for f in stack]
                 where[" <- ".join(reversed(ours[-4:]))] += 1
+                for ident, other in sys._current_frames().items():  # who else runs Python
+                    if ident not in (main_id, threading.get_ident()):
+                        f = traceback.extract_stack(other)[-1]
+                        others[f"{f.filename.split('site-packages/')[-1]}:{f.lineno} "
+                               f"{f.name}"] += 1
 
     if "--why" in sys.argv:
         threading.Thread(target=sampler, daemon=True).start()
@@ -88,12 +94,18 @@ def main():
         total = time.perf_counter() - t0
         app.processEvents()
         timer.stop()
-        gap = float(np.max(np.diff(ticks))) if len(ticks) > 1 else total
+        gaps = np.diff(ticks)
+        gap = float(np.max(gaps)) if len(ticks) > 1 else total
+        at = ticks[int(np.argmax(gaps))] - t0 if len(ticks) > 1 else 0.0
         sampling.clear()
         rows.append((label, gap, total))
-        print(f"{label}: longest stall {gap:.3f} s over {total:.1f} s", flush=True)
+        print(f"{label}: longest stall {gap:.3f} s (from {at:.2f} s) over {total:.1f} s",
+              flush=True)
         for stack, n in where.most_common(4):
             print(f"    {n * 0.05:.2f} s in {stack}", flush=True)
+        for frame, n in others.most_common(3):
+            print(f"      other threads meanwhile: {n} x {frame}", flush=True)
+        others.clear()
 
     def idle(seconds):
         t_end = time.perf_counter() + seconds

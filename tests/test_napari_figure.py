@@ -82,3 +82,28 @@ def test_a_failing_change_is_logged_and_the_widget_keeps_working(qtbot, fig_widg
     qtbot.waitUntil(lambda: not fig_widget.pending, timeout=10_000)
     px = _pixels(fig_widget)
     assert tuple(px[px.shape[0] // 2, px.shape[1] // 2, :3]) == (0, 255, 0)
+
+
+def test_a_widget_deleted_while_its_figure_draws_drops_the_picture(qtbot):
+    """Closing a dock while its plot is drawn: no exception in the event loop or the thread
+    (pytest-qt fails the test on an exception raised in a Qt slot)."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_zup._qt._figure import BackgroundFigure
+
+    w = BackgroundFigure(figsize=(2, 2), dpi=50)
+    w.show()
+    w.redraw(lambda fig: time.sleep(0.3))
+    w.deleteLater()
+    QApplication.processEvents()
+    errors = []
+    hook = threading.excepthook
+    threading.excepthook = lambda args: errors.append(args.exc_value)
+    try:
+        t_end = time.perf_counter() + 1.0
+        while time.perf_counter() < t_end:
+            QApplication.processEvents()
+            time.sleep(0.01)
+    finally:
+        threading.excepthook = hook
+    assert errors == []

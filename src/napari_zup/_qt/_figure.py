@@ -52,7 +52,7 @@ class BackgroundFigure(QLabel):
         self._generation = 0    # of the latest request; older pictures are not shown
         self._shown = 0
         self.draws = 0          # pictures rendered (for tests)
-        self._bridge = _Bridge()
+        self._bridge = _Bridge(self)  # deleted with the widget: a late picture is dropped
         self._bridge.drawn.connect(self._show)
 
     # -- sizes: the picture never drives the layout ------------------------------------------
@@ -128,7 +128,10 @@ class BackgroundFigure(QLabel):
         return image
 
     def _show(self, image, generation):
-        if image is not None:
-            self.setPixmap(QPixmap.fromImage(image))
         with self._lock:
             self._shown = max(self._shown, generation)
+        if image is not None:
+            try:
+                self.setPixmap(QPixmap.fromImage(image))
+            except RuntimeError:  # the widget was deleted meanwhile
+                pass
