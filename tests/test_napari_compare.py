@@ -176,3 +176,31 @@ def test_checkpoint_summary_says_what_a_checkpoint_was_adapted_on(tmp_path):
     assert checkpoint_summary("film", path) == "trained ×1–×8, adapted on my_stack.tif"
     assert checkpoint_summary("film", path, short=True) == "trained ×1–×8, adapted"
     assert "on fibsem_flyem" in checkpoint_summary("film")
+
+
+def test_laying_out_an_unchanged_grid_again_touches_no_layer(small_viewer, qtbot):
+    """napari refreshes, re-thumbnails and rebuilds the grid's scene graph on every
+    assignment of ``visible`` / ``contrast_limits``, also of the value a layer has: laying
+    out a grid that is already right must assign nothing (issue #13: GUI stalls)."""
+    from napari_zup._qt import CompareWidget
+
+    viewer, layer = small_viewer
+    other = viewer.add_image(np.zeros((6, 64, 64), np.uint8), name="unrelated")
+    w = CompareWidget(viewer)
+    w.layer_combo.set_layer(layer)
+    assert w.hide_others.isChecked()  # the default
+    w.methods.set_selected(["nearest", "linear"])
+    assert w.start()
+    _wait(qtbot, w)
+    assert [lay.visible for lay in w.result_layers()] == [True, True] and not other.visible
+    fired = []
+    for lay in viewer.layers:
+        lay.events.visible.connect(lambda e, n=lay.name: fired.append(("visible", n)))
+        lay.events.contrast_limits.connect(lambda e, n=lay.name: fired.append(("limits", n)))
+    w._layout()
+    assert fired == []
+    layer.contrast_limits = (40, 200)
+    fired.clear()
+    w._layout()  # the results follow the input's new contrast, nothing else is touched
+    assert sorted(fired) == sorted(("limits", lay.name) for lay in w.result_layers())
+    assert all(tuple(lay.contrast_limits) == (40, 200) for lay in w.result_layers())

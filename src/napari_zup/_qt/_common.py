@@ -147,6 +147,23 @@ def layer_problem(layer, min_slices: int = 2) -> str | None:
     return None
 
 
+def set_visible(layer, visible: bool) -> None:
+    """``layer.visible = visible`` only if that changes it: napari acts on every assignment,
+    also of the value it has (refreshes the layer's data when True, rebuilds the grid's
+    scene graph and redraws the whole canvas); in a loop over the layer list that was most of
+    Compare's and Evaluate's longest GUI stalls."""
+    if bool(layer.visible) != bool(visible):
+        layer.visible = visible
+
+
+def set_contrast_limits(layer, limits) -> None:
+    """``layer.contrast_limits = limits`` only if that changes them (each assignment
+    recomputes the layer's thumbnail and redraws it)."""
+    limits = (float(limits[0]), float(limits[1]))
+    if not np.allclose(tuple(layer.contrast_limits), limits, rtol=0, atol=1e-12):
+        layer.contrast_limits = limits
+
+
 def layer_volume(layer):
     """The layer's full-resolution array (level 0 of a multiscale layer)."""
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data

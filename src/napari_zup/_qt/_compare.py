@@ -21,6 +21,8 @@ from ._common import (
     layer_volume,
     notify_error,
     notify_warning,
+    set_contrast_limits,
+    set_visible,
     wrap_label,
 )
 from ._methods import MethodPicker
@@ -267,12 +269,15 @@ class CompareWidget(DockWidget):
                 if lay not in keep and lay.visible:
                     lay.visible = False
                     self._hidden.append(lay)
-        for lay in keep:
-            lay.visible = True
+        for lay in keep:  # only what changes: napari redraws on every assignment
+            set_visible(lay, True)
         for lay in self.results:
-            lay.contrast_limits = tuple(layer.contrast_limits)
-        self.viewer.canvas.grid.stride = 1
-        self.viewer.canvas.grid.enabled = True
+            set_contrast_limits(lay, layer.contrast_limits)
+        grid_ = self.viewer.canvas.grid
+        if grid_.stride != 1:
+            grid_.stride = 1
+        if not grid_.enabled:
+            grid_.enabled = True
         self.panels.setText(panel_caption(self.viewer, keep, source=layer))
 
     def toggle_grid(self):
@@ -281,5 +286,5 @@ class CompareWidget(DockWidget):
         if not g.enabled:
             for lay in self._hidden:
                 if lay in self.viewer.layers:
-                    lay.visible = True
+                    set_visible(lay, True)
             self._hidden = []

@@ -45,6 +45,8 @@ from ._common import (
     notify_error,
     notify_info,
     notify_warning,
+    set_contrast_limits,
+    set_visible,
     start_worker,
     unique_name,
     wrap_label,
@@ -460,7 +462,7 @@ class EvaluateWidget(DockWidget):
             colormap=self.cmap, blending="translucent", opacity=1.0, metadata=meta,
             contrast_limits=(0.0, self.error_limit), visible=False, **kw)
         for lay in self.error_layers.values():
-            lay.contrast_limits = (0.0, self.error_limit)
+            set_contrast_limits(lay, (0.0, self.error_limit))
         self.bar_hi.setText(f"{self.error_limit:.3f}")
 
     def _add_score(self, method, score):
@@ -486,13 +488,13 @@ class EvaluateWidget(DockWidget):
         for m in self.restored_layers:
             for lay in (self.restored_layers[m], self.error_layers[m]):
                 if lay in layers:
-                    lay.visible = m == method
+                    set_visible(lay, m == method)
         for lay in layers:  # older results and unrelated layers too
             if lay is not self._layer and lay not in (self.restored_layers[method],
                                                       self.error_layers[method]):
-                lay.visible = False
+                set_visible(lay, False)  # only what changes: napari redraws on each
         if self._layer in layers:
-            self._layer.visible = True
+            set_visible(self._layer, True)
         if self.error_layers[method] in layers:  # its controls in napari's layer panel
             layers.selection.active = self.error_layers[method]
 
@@ -517,7 +519,7 @@ class EvaluateWidget(DockWidget):
         for dest, lay in enumerate(order):  # these first, in this order; the rest after
             layers.move(layers.index(lay), dest)
         for lay in layers:
-            lay.visible = lay in order
+            set_visible(lay, lay in order)
         self.viewer.canvas.grid.stride = 2
         self.viewer.canvas.grid.enabled = True
         self.status.setText(panel_caption(self.viewer, order, source=self._layer)
