@@ -13,6 +13,7 @@ import threading
 import time
 
 import numpy as np
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -345,15 +346,28 @@ class EvaluateWidget(DockWidget):
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.status.setText("")
-        from napari.utils import progress
-
-        self._pbar = progress(total=total, desc=f"evaluate ×{f}")
+        # napari's progress bar in the next event-loop pass (its creation repaints the layer
+        # list and the activity dock: with the rest of the click one long pass)
+        QTimer.singleShot(0, lambda: self._add_progress_bar(total, f))
         self._busy = True
         self._done_slices = 0
         self.worker = start_worker(self._job, ground_truth, f, methods, params, self_mode,
                                    self._cancel, on_yield=self._on_yield,
                                    on_return=self._on_return, on_error=self._on_error)
         return True
+
+    def _add_progress_bar(self, total, f):
+        from napari.utils import progress
+
+        if not self._busy or self._pbar is not None:
+            return  # already over (a very short evaluation)
+        self._in_pbar = True  # its processEvents may deliver slices: they only count
+        try:
+            self._pbar = progress(total=total, desc=f"evaluate ×{f}")
+            if self._done_slices:
+                self._pbar.update(self._done_slices)
+        finally:
+            self._in_pbar = False
 
     def _clear_results(self):
         self.scores, self.restored_layers, self.error_layers = {}, {}, {}
