@@ -24,7 +24,7 @@ def _random_two_knot(seed=0):
     head perturbed too, so that the output is more than the linear blend)."""
     torch.manual_seed(seed)
     arch = {k: v for k, v in load_checkpoint(default_checkpoint("film"))[1]["arch"].items()
-            if k != "knots"}
+            if k not in ("knots", "end_flags")}
     model = build_film({**arch, "knots": 2})
     with torch.no_grad():
         model.head.weight.normal_(0, 0.05)
@@ -69,12 +69,15 @@ def test_four_knot_model_from_a_two_knot_checkpoint_computes_the_same():
 def test_bundled_film_is_the_four_knot_model():
     sd, meta = load_checkpoint(default_checkpoint("film"))
     assert meta["arch"]["knots"] == 4 and meta["training"]["rounds"][-1]["knots"] == 4
+    assert meta["arch"]["end_flags"] and meta["training"]["rounds"][-1]["end_flags"]
     m = create_method("film", device="cpu")
     assert m.knots == 4 and m.z_context == 1
-    # the outer knots' decoder inputs were trained: not the zeros they started from
-    w = m.model.dec_in[0][0].weight
-    extra = 2 + 2 * m.model.cfeat[0]  # warped outer images + features, the last channels
-    assert float(w.detach()[:, -extra:].abs().max()) > 1e-3
+    # the outer knots' and the end flags' decoder inputs were trained: not the zeros they
+    # started from (channels: ..., warped outer images + features, then the two flags)
+    w = m.model.dec_in[0][0].weight.detach()
+    extra = 2 + 2 * m.model.cfeat[0]
+    assert float(w[:, -extra - 2:-2].abs().max()) > 1e-3
+    assert float(w[:, -2:].abs().max()) > 1e-3
 
 
 def test_outer_flows_follow_a_constant_motion():
