@@ -177,6 +177,7 @@ def main():
         cmp_ = dock("Compare")
         cmp_.layer_combo.set_layer(layer)
         cmp_.methods.set_selected(["linear", "of-linear", "film"])
+        idle(1.0)  # the dock opened and laid out (the canvas resized), then Run is clicked
         measure("Compare linear, of-linear, film", cmp_.start, lambda: not cmp_.running)
         clear()
         viewer.canvas.grid.enabled = False
@@ -185,6 +186,7 @@ def main():
         ev = dock("Evaluate")
         ev.layer_combo.set_layer(layer)
         ev.methods.set_selected(["linear", "of-linear"])
+        idle(1.0)
         go, finished = started(ev, ev.start)
         measure(f"Evaluate ({ev.mode_combo.currentText()}) linear, of-linear", go,
                 lambda: finished() and not ev.busy)  # busy: its results still being shown
@@ -193,6 +195,7 @@ def main():
     if want("flow"):
         fl = dock("Flow")
         fl.layer_combo.set_layer(layer)
+        idle(1.0)
         go, finished = started(fl, fl.compute)
         measure("Flow (default window)", go, lambda: finished() and not fl.busy)
         clear()
@@ -201,6 +204,7 @@ def main():
         tr = dock("Train")
         tr.layer_combo.set_layer(layer)
         tr.method_combo.setCurrentText("film")
+        idle(1.0)
         box = {"t0": None}
 
         def train_start():
@@ -213,6 +217,7 @@ def main():
 
         measure("Train film (10 s, then Stop)", train_start,
                 lambda: tr.status_text in ("done", "stopped", "failed"), train_during)
+        print(f"    training steps run: {tr.trained['step']}", flush=True)
 
     load1 = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print("\n| job | longest GUI stall | job time |\n|---|---|---|")
