@@ -230,3 +230,17 @@ def test_end_flags_start_as_the_model_they_extend_and_see_a_clamped_knot():
         assert float((o_cl - m4(x[1:2], x[2:3], t, clamped)[0]).abs().max()) > 1e-3
     with pytest.raises(ValueError, match="end_flags needs knots = 4"):
         build_film({**arch, "knots": 2, "end_flags": True})
+
+
+def test_train_cli_end_flags_option():
+    """``zup train film --end-flags`` asks for the flags in the architecture (merged into the
+    starting checkpoint's); other methods refuse it."""
+    from napari_zup.training.cli import config_from_args
+
+    cfg = config_from_args("film", ["--data", "a.tif", "--val", "b.tif", "--end-flags"])
+    assert cfg.arch == {"end_flags": True}
+    cfg = config_from_args("film", ["--data", "a.tif", "--knots", "4", "--end-flags"])
+    assert cfg.arch == {"knots": 4, "end_flags": True}
+    assert config_from_args("film", ["--data", "a.tif"]).arch is None
+    with pytest.raises(SystemExit):
+        config_from_args("tsain", ["--data", "a.tif", "--end-flags"])
