@@ -26,6 +26,7 @@ import tifffile
 import torch
 from torch import nn
 
+from ensemble import score as score_restored  # the same scoring as the ensembles (benchmarks/)
 from napari_zup.engine import reconstruct
 
 D = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -156,18 +157,11 @@ def refine_volume(model, vol: np.ndarray, f: int, batch: int = 16) -> np.ndarray
     return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
 
 
-def psnr_restored(r, g, f):
-    from napari_zup.evaluation import slice_metrics
-    idx = [i for i in range(r.shape[0]) if i % f]
-    m = [slice_metrics(r[i] / 255.0, g[i] / 255.0) for i in idx]
-    return float(np.mean([x["psnr"] for x in m])), float(np.mean([x["ssim"] for x in m]))
-
-
 def validate(model, val):
     model.eval()
     res = {}
     for name, f, r, g in val:
-        res[f] = (psnr_restored(r, g, f)[0], psnr_restored(refine_volume(model, r, f), g, f)[0])
+        res[f] = (score_restored(r, g, f)[0], score_restored(refine_volume(model, r, f), g, f)[0])
     model.train()
     return res
 
@@ -212,7 +206,7 @@ def score(work: Path, model_path: Path, ens: Path) -> None:
         ref = refine_volume(model, r, f)
         dt = time.perf_counter() - t0
         gt = g[: r.shape[0]]
-        a, b = psnr_restored(r, gt, f), psnr_restored(ref, gt, f)
+        a, b = score_restored(r, gt, f), score_restored(ref, gt, f)
         n = sum(1 for i in range(r.shape[0]) if i % f)
         print(f"sample2 x{f}: film {a[0]:.2f} / {a[1]:.4f} -> refined {b[0]:.2f} / {b[1]:.4f}"
               f"  ({b[0] - a[0]:+.2f} dB; refinement {dt / n:.3f} s per restored 250x250 slice)",

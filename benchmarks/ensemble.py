@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from napari_zup import grid
 from napari_zup.engine import reconstruct
 from napari_zup.evaluation import decimate, slice_metrics, unit_scale
 
@@ -24,8 +25,10 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def score(out: np.ndarray, truth: np.ndarray, factor: int) -> tuple[float, float]:
+    """Mean (PSNR, SSIM) of the restored slices of ``out`` against ``truth`` (the protocol's
+    scaling and metrics; also used by axial_refine.py)."""
     lo, span = unit_scale(truth)
-    idx = [i for i in range(out.shape[0]) if i % factor]
+    idx = grid.restored_output_indices((out.shape[0] - 1) // factor + 1, factor)
     m = [slice_metrics((out[i].astype(np.float64) - lo) / span,
                        (truth[i].astype(np.float64) - lo) / span) for i in idx]
     return float(np.mean([x["psnr"] for x in m])), float(np.mean([x["ssim"] for x in m]))

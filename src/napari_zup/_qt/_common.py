@@ -147,6 +147,18 @@ def layer_problem(layer, min_slices: int = 2) -> str | None:
     return None
 
 
+def progress_bar(total: int, desc: str, done: int = 0):
+    """napari's progress bar (activity dock), caught up to ``done``. Call it in an event-loop
+    pass of its own, not in the one that adds a layer: its creation repaints the layer list
+    and runs processEvents (callers guard against what that delivers)."""
+    from napari.utils import progress
+
+    bar = progress(total=total, desc=desc)
+    if done:
+        bar.update(done)
+    return bar
+
+
 def set_visible(layer, visible: bool) -> None:
     """``layer.visible = visible`` only if that changes it: napari acts on every assignment,
     also of the value it has (refreshes the layer's data when True, rebuilds the grid's

@@ -46,6 +46,7 @@ from ._common import (
     notify_error,
     notify_info,
     notify_warning,
+    progress_bar,
     set_contrast_limits,
     set_visible,
     start_worker,
@@ -357,15 +358,11 @@ class EvaluateWidget(DockWidget):
         return True
 
     def _add_progress_bar(self, total, f):
-        from napari.utils import progress
-
         if not self._busy or self._pbar is not None:
             return  # already over (a very short evaluation)
         self._in_pbar = True  # its processEvents may deliver slices: they only count
         try:
-            self._pbar = progress(total=total, desc=f"evaluate ×{f}")
-            if self._done_slices:
-                self._pbar.update(self._done_slices)
+            self._pbar = progress_bar(total, f"evaluate ×{f}", self._done_slices)
         finally:
             self._in_pbar = False
 

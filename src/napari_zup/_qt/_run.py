@@ -210,16 +210,15 @@ class StreamingRun:
         return self
 
     def _add_progress_bar(self):
-        from napari.utils import progress
+        from ._common import progress_bar
 
         if self.status != "running" or self._pbar is not None:
             return
         outer, self._in_refresh = self._in_refresh, True  # slices in its processEvents count
         try:
-            self._pbar = progress(total=self.out_shape[0],
-                                  desc=f"{self.method} ×{float(self.factor):g}")
-            if self.progress.done:
-                self._pbar.update(self.progress.done)
+            self._pbar = progress_bar(self.out_shape[0],
+                                      f"{self.method} ×{float(self.factor):g}",
+                                      self.progress.done)
         finally:
             self._in_refresh = outer
 
