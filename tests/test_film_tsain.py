@@ -273,6 +273,43 @@ def test_texture_option_restores_texture_on_real_data(method, sample2_crop):
         create_method(method, texture=5)
 
 
+def test_texture_source_is_scaled_to_the_nearest_knots_energy():
+    """A source other than the knot (film: its flow-aligned knots) is scaled so that the
+    result has ``ratio`` x the *knot's* high-band energy, whatever the source's own level."""
+    from napari_zup.evaluation import high_frequency_energy
+    from napari_zup.methods._torch_common import add_knot_texture, high_band
+
+    g = tifffile.imread(need(SAMPLE2))[100:105, 50:178, 50:178].astype(np.float64)
+    knot, truth = g[0], g[2]
+    smooth = truth - high_band(truth)
+    faint = smooth + 0.3 * high_band(g[4])                 # a source with little texture
+    out = add_knot_texture(smooth, faint, 0.8, (0, 255), knot)
+    got = high_frequency_energy(out) / high_frequency_energy(knot)
+    assert abs(got - 0.8) < 0.05, got
+
+
+def test_film_texture_comes_from_its_flow_aligned_knots(sample2_crop, monkeypatch):
+    """film's texture option takes the fine texture from both knots warped to the slice by
+    its flows (the decoder reports them): truer than the unwarped nearest knot at the same
+    texture ratio (docs/benchmarks.md 14.8)."""
+    import napari_zup.methods._torch_common as tc
+
+    aligned = evaluate_method(sample2_crop, 4, "film",
+                              method_params={"device": "cpu", "texture": 0.8})[0]
+    seen = []
+    real = tc.add_knot_texture
+
+    def unwarped(pred, source, ratio, value_range, knot=None):
+        seen.append(source is not knot)
+        return real(pred, knot, ratio, value_range)       # the nearest knot itself
+    monkeypatch.setattr(tc, "add_knot_texture", unwarped)
+    plain = evaluate_method(sample2_crop, 4, "film",
+                            method_params={"device": "cpu", "texture": 0.8})[0]
+    assert seen and all(seen)                              # film passed its aligned knots
+    assert abs(aligned.texture - plain.texture) < 0.05
+    assert aligned.psnr > plain.psnr and aligned.ssim > plain.ssim, (aligned, plain)
+
+
 def test_texture_mode_tiled_equals_untiled_within_its_stated_tolerance():
     """--texture solves its gain per tile (docs/learned-interpolation.md): tiles differ from
     one untiled pass by a fraction of a grey level on average (stated: mean < 0.5, rare pixels

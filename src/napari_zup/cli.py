@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from . import __version__
-from ._cli.common import (CLIError, _check_method, _fail, _method_params, _read,
+from ._cli.common import (TEXTURE_HELP, CLIError, _check_method, _fail, _method_params, _read,
                           _refuse_unused, _StderrProgress, parse_params, resolve_factor)
 from ._cli.common import (FARNEBACK_KEYS, _add_farneback, _add_voxel_size,  # noqa: F401
                           _given_voxel_size)  # (re-exported: the names as they were)
@@ -338,10 +338,7 @@ def _add_reconstruct_parser(sub) -> None:
     r.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="extra method parameter (repeatable)")
     r.add_argument("--texture", type=float, default=None, metavar="RATIO",
-                   help="film, tsain: add the nearest knot's fine texture back so that restored "
-                   "slices have RATIO x the knots' high-frequency energy (e.g. 0.8: no banding in "
-                   "xz/yz; costs PSNR, see docs/learned-interpolation.md). Default: off, the "
-                   "most faithful output")
+                   help=TEXTURE_HELP)
     _add_farneback(r)
     _add_voxel_size(r)
     r.add_argument("--overwrite", action="store_true", help="replace an existing output")

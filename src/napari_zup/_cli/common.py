@@ -16,6 +16,14 @@ from ..io import UNKNOWN_UNIT, Volume, VolumeReadError, is_pixel_unit, read_volu
 from ..methods.base import create_method, get_info, method_infos
 
 
+#: --texture's help, for every command that takes it.
+TEXTURE_HELP = ("film, tsain: add real section texture back so that restored slices have RATIO "
+                "x the nearest knot's high-frequency energy (film: both knots warped to the "
+                "slice by its flows; tsain: the nearest knot) (e.g. 0.8: no banding in xz/yz; "
+                "costs PSNR, see docs/learned-interpolation.md). Default: off, the most "
+                "faithful output")
+
+
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 

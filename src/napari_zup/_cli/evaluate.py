@@ -14,7 +14,7 @@ from ..engine import validate_volume
 from ..io import check_not_input, check_output_path, write_volume
 from ..methods.base import get_info, method_infos
 from .common import (_add_farneback, _add_voxel_size, _check_method, _fail, _method_params,
-                     _read, _refuse_unused, parse_params, resolve_factor)
+                     TEXTURE_HELP, _read, _refuse_unused, parse_params, resolve_factor)
 
 #: ``zup evaluate``'s default methods: the classical and optical-flow ones (seconds on any
 #: stack); ``--methods all`` adds the learned ones with their bundled checkpoints.
@@ -186,10 +186,7 @@ def add_evaluate_parser(sub) -> None:
     e.add_argument("--device", default="auto")
     e.add_argument("--param", action="append", metavar="KEY=VALUE")
     e.add_argument("--texture", type=float, default=None, metavar="RATIO",
-                   help="film, tsain: add the nearest knot's fine texture back so that restored "
-                   "slices have RATIO x the knots' high-frequency energy (e.g. 0.8: no banding in "
-                   "xz/yz; costs PSNR, see docs/learned-interpolation.md). Default: off, the "
-                   "most faithful output")
+                   help=TEXTURE_HELP)
     e.add_argument("--overwrite", action="store_true")
     _add_farneback(e)
     _add_voxel_size(e)

@@ -152,8 +152,9 @@ class ReconstructWidget(DockWidget):
         self.vector_step.setSuffix(" px grid")
         self.texture_check = QCheckBox(f"texture ({TEXTURE_RATIO:g} of the knots')")
         self.texture_check.setToolTip(
-            "film, tsain: add the nearest knot's fine texture back to the restored slices, so "
-            "xz/yz views show no banding (smooth rows between textured knots). Costs PSNR "
+            "film, tsain: add real section texture (film: both knots warped by its flows; "
+            "tsain: the nearest knot) back to the restored slices, so xz/yz views show no "
+            "banding (smooth rows between textured knots). Costs PSNR "
             "(docs/learned-interpolation.md); off = the most faithful output")
         self.follow_check = QCheckBox("follow the newest slice")
         self.follow_check.setChecked(True)

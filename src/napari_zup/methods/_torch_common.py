@@ -171,19 +171,23 @@ def high_band(image: np.ndarray, cutoff: float = 0.5) -> np.ndarray:
     return np.fft.irfft2(spec, s=image.shape)
 
 
-def add_knot_texture(pred: np.ndarray, knot: np.ndarray, ratio: float, value_range):
-    """``pred`` (float, data units) with the high band of the nearest ``knot`` added, scaled
-    so that the result's high-band energy is ``ratio`` x the knot's (the texture ratio of
-    docs/evaluation.md). Real section texture, not noise: it carries the knot's fine
-    structure, which correlates with the restored slice (noise of the same energy would not)
-    — at a PSNR cost measured in docs/benchmarks.md. A flat knot adds nothing."""
+def add_knot_texture(pred: np.ndarray, source: np.ndarray, ratio: float, value_range,
+                     knot: np.ndarray | None = None):
+    """``pred`` (float, data units) with the high band of ``source`` added, scaled so that the
+    result's high-band energy is ``ratio`` x that of ``knot`` (default: ``source``), the
+    nearest knot (the texture ratio of docs/evaluation.md). ``source`` is real section
+    texture, not noise: the nearest knot, or better (film) both knots warped to the slice by
+    the model's flows and blended by its weights, whose fine structure lies where the slice's
+    does (docs/benchmarks.md 14.8: +0.03 to +0.14 dB over the unwarped knot) — at a PSNR cost
+    measured there. A flat source adds nothing."""
     p = np.asarray(pred, np.float64)
-    kh = high_band(np.asarray(knot, np.float64))
+    kh = high_band(np.asarray(source, np.float64))
     ph = high_band(p)
     a2, b, c = float((kh * kh).sum()), float(2 * (ph * kh).sum()), float((ph * ph).sum())
     if a2 <= 0:
         return pred
-    c -= ratio * a2            # |ph + g kh|^2 = ratio |kh|^2, the larger root g >= 0
+    ref = a2 if knot is None else float((high_band(np.asarray(knot, np.float64)) ** 2).sum())
+    c -= ratio * ref           # |ph + g kh|^2 = ratio |knot_h|^2, the larger root g >= 0
     disc = b * b - 4 * a2 * c
     g = max(0.0, (-b + math.sqrt(max(disc, 0.0))) / (2 * a2))
     return np.clip(p + g * kh, value_range[0], value_range[1])
@@ -223,6 +227,7 @@ class LearnedPairMethod(Method):
         #: a 4-knot model also sees knots z - 1 and z + 2 (clamped at the volume ends)
         self.knots = int(getattr(self.model, "knots", 2))
         self.z_context = 1 if self.knots == 4 else 0
+        self.aligned_texture = bool(getattr(self.model, "reports_aligned", False))
 
     def prepare(self, volume) -> None:
         self.normalization.fit(volume)
@@ -269,13 +274,18 @@ class LearnedPairMethod(Method):
                 elif t >= 1.0:
                     res, fl = b, torch.zeros_like(a).repeat(1, 2, 1, 1)
                 else:
+                    # film reports its flow-aligned knots (the texture source) on request
+                    aligned = [] if self.texture and self.aligned_texture else None
+                    kw = {} if aligned is None else {"aligned": aligned}
                     tt = torch.full((1,), t, device=dev)
-                    res, fl = (self.model.decode(fa, fb, a, b, tt) if outer is None  # tsain
-                               else self.model.decode(fa, fb, a, b, tt, outer))
+                    res, fl = (self.model.decode(fa, fb, a, b, tt, **kw) if outer is None
+                               else self.model.decode(fa, fb, a, b, tt, outer, **kw))
                 img = crop_to(res, size)[0, 0].float().cpu().numpy() * span + lo
                 if self.texture and 0.0 < t < 1.0:
-                    img = add_knot_texture(img, block[k] if t <= 0.5 else block[k + 1],
-                                           self.texture, value_range)
+                    near = block[k] if t <= 0.5 else block[k + 1]
+                    source = (crop_to(aligned[0], size)[0, 0].float().cpu().numpy() * span + lo
+                              if aligned else near)  # film: the flow-aligned knots
+                    img = add_knot_texture(img, source, self.texture, value_range, near)
                 out[j] = to_dtype(img, block.dtype)
                 if want_flows:
                     flows[j] = np.ascontiguousarray(

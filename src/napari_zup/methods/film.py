@@ -144,8 +144,13 @@ class FilmNet(nn.Module):
             feats.append(torch.cat([f0[l], self.e1(f0[l - 1])], 1))
         return imgs, feats
 
-    def decode(self, enc_a, enc_b, a, b, t, outer=None):
-        """``outer`` (4 knots): the encodings ``(enc_m, enc_p)`` of knots z - 1 and z + 2."""
+    #: decode(..., aligned=[]) reports the flow-aligned knots (LearnedPairMethod's texture)
+    reports_aligned = True
+
+    def decode(self, enc_a, enc_b, a, b, t, outer=None, aligned=None):
+        """``outer`` (4 knots): the encodings ``(enc_m, enc_p)`` of knots z - 1 and z + 2.
+        ``aligned``: a list that receives the knots warped to the output slice and blended by
+        the model's own weight (the texture option's source: real texture, in place)."""
         if (outer is None) != (self.knots == 2):
             raise ValueError(f"this film model uses {self.knots} knots: pass the outer knots' "
                              "encodings exactly when it has 4")
@@ -206,6 +211,8 @@ class FilmNet(nn.Module):
         m = torch.sigmoid(torch.log((1 - tc) / tc) + head[:, :1])
         out = m * wa0 + (1 - m) * wb0 + head[:, 1:2]
         out = bound_to_local_range(out, (wa0, wb0))  # anchored: flat stays flat
+        if aligned is not None:
+            aligned.append(m * wa0 + (1 - m) * wb0)
         fl0 = flows_per_level[0]
         # displacement first knot -> second knot seen at the output slice's location
         return out, fl0[:, 2:] - fl0[:, :2]
