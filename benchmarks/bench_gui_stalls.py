@@ -39,9 +39,24 @@ def main():
     layer = viewer.add_image(data, **kw)
     docks = {}
 
+    def preloading():  # a widget's background imports (napari_zup._qt._common.preload)
+        return any(t.name == "zup-preload" and t.is_alive() for t in threading.enumerate())
+
     def dock(name):
+        """The dock ``name``; opening it is measured too, until the imports it starts in the
+        background are done (they contend for the GIL with the GUI thread)."""
         if name not in docks:
-            docks[name] = viewer.window.add_plugin_dock_widget("napari-zup", name)[1]
+            box = {}
+
+            def opened():
+                w = box.get("w")
+                return w is not None and not getattr(w, "preloading", False) \
+                    and not preloading()
+            measure(f"opening the {name} dock (until its background imports are done)",
+                    lambda: box.setdefault(
+                        "w", viewer.window.add_plugin_dock_widget("napari-zup", name)[1]),
+                    opened)
+            docks[name] = box["w"]
         app.processEvents()
         return docks[name]
 
@@ -201,7 +216,7 @@ def main():
         clear()
 
     if want("train"):
-        tr = dock("Train")
+        tr = dock("Train")  # its opening starts torch's import (TRAINING_MODULES)
         tr.layer_combo.set_layer(layer)
         tr.method_combo.setCurrentText("film")
         idle(1.0)

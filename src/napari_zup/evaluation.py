@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Generator
 
 import numpy as np
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from . import grid
 from .engine import reconstruct_events, validate_volume, volume_value_range
@@ -55,6 +54,10 @@ def high_frequency_energy(image: np.ndarray, cutoff: float = 0.5) -> float:
 
 def slice_metrics(restored: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """Metrics of one restored slice; both already scaled to [0, 1]."""
+    # imported here, in whichever thread scores (0.3-0.5 s the first time: the Evaluate dock
+    # imports this module on napari's GUI thread and preloads scikit-image in the background)
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
     return {
         "psnr": float(peak_signal_noise_ratio(truth, restored, data_range=1.0)),
         "ssim": float(structural_similarity(truth, restored, data_range=1.0)),

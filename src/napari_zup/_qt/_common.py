@@ -41,17 +41,28 @@ atexit.register(_cleanup_temp_dirs)
 VECTORS_MODULES = ("pandas",)
 
 
+#: module -> the preload thread importing it (while it does)
+_PRELOADING: dict[str, threading.Thread] = {}
+_PRELOAD_LOCK = threading.Lock()
+
+
 def preload(modules=VECTORS_MODULES) -> threading.Thread | None:
     """Import ``modules`` in a background thread, ahead of the GUI thread needing them.
 
     Called when a widget knows it will soon add a layer whose first use imports them (a
-    Vectors layer needs pandas), so that import does not freeze the interface later. Returns
-    the thread (None when everything is imported already); a failed import is left to the
-    code that needs the module to report.
+    Vectors layer needs pandas) or start a job that does (torch), so that import does not
+    freeze the interface later. Returns the thread to wait for: a new one, or the one still
+    importing some of ``modules`` for an earlier call (None: all imported already); a failed
+    import is left to the code that needs the module to report.
     """
-    missing = [m for m in modules if m not in sys.modules]
-    if not missing:
-        return None
+    with _PRELOAD_LOCK:
+        busy = [t for m in modules if (t := _PRELOADING.get(m)) is not None and t.is_alive()]
+        missing = [m for m in modules if m not in sys.modules and m not in _PRELOADING]
+        if not missing:
+            return busy[0] if busy else None
+        thread = threading.Thread(target=lambda: run(), name="zup-preload", daemon=True)
+        for m in missing:
+            _PRELOADING[m] = thread
 
     def run():
         for name in missing:
@@ -59,8 +70,10 @@ def preload(modules=VECTORS_MODULES) -> threading.Thread | None:
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - whoever needs the module will say why
                 pass
+            finally:
+                with _PRELOAD_LOCK:
+                    _PRELOADING.pop(name, None)
 
-    thread = threading.Thread(target=run, name="zup-preload", daemon=True)
     thread.start()
     return thread
 
@@ -322,6 +335,22 @@ class DockWidget(QWidget):
         from ._voxel_banner import VoxelBanner  # "the file says 50 x 4 x 4 nm; this layer..."
 
         self.voxel_banner = VoxelBanner(self)
+
+    def preload_soon(self, modules, delay_ms: int = 300) -> None:
+        """:func:`preload` ``modules`` (what this dock's job imports the first time) in the
+        background once the dock is up: an import holds the GIL in stretches (torch's
+        libraries 0.15-0.3 s here), which freezes the GUI less when nothing runs yet."""
+        self._preload = True  # pending
+
+        def start():
+            self._preload = preload(modules)
+        QTimer.singleShot(delay_ms, start)
+
+    @property
+    def preloading(self) -> bool:
+        """Imports started by :meth:`preload_soon` are pending or running."""
+        p = getattr(self, "_preload", None)
+        return p is True or (p is not None and p.is_alive())
 
     def add_run_buttons(self, run_text: str = "Run", cancel_text: str = "Cancel") -> None:
         """A Run / Cancel row (``self.run_button``, ``self.cancel_button``)."""

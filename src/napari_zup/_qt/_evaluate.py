@@ -190,6 +190,7 @@ class EvaluateWidget(DockWidget):
         self.layer_combo.currentIndexChanged.connect(self._layer_changed)
         self.mode_combo.currentTextChanged.connect(self._mode_changed)
         self._layer_changed()
+        self.preload_soon(("skimage.metrics",))  # the scoring's (evaluation.slice_metrics)
 
     # -- form ---------------------------------------------------------------------------------
 
@@ -240,11 +241,14 @@ class EvaluateWidget(DockWidget):
 
         # drawn off the GUI thread (constrained layout + text: 0.1-0.3 s per draw here)
         self.canvas = BackgroundFigure(figsize=(4, 2.4), dpi=90, min_height=170,
-                                       facecolor="#262930", layout="constrained")
-        self.figure = self.canvas.figure
-        self.ax = self.figure.add_subplot()
-        self._style_axes()
+                                       facecolor="#262930", layout="constrained",
+                                       setup=self._setup_plot)
         self.layout().addWidget(self.canvas, 1)  # the plot takes the spare height
+
+    def _setup_plot(self, figure):  # on the figure's drawing thread, before any change
+        self.figure = figure
+        self.ax = figure.add_subplot()
+        self._style_axes()
 
     def _style_axes(self):
         ax = self.ax

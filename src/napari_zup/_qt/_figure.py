@@ -32,13 +32,14 @@ class BackgroundFigure(QLabel):
     """
 
     def __init__(self, figsize=(4.0, 2.4), dpi: int = 90, min_height: int = 170,
-                 parent=None, **figure_kw):
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
+                 parent=None, setup: Callable | None = None, **figure_kw):
         super().__init__(parent)
-        self.figure = Figure(figsize=figsize, dpi=dpi, **figure_kw)
-        self._agg = FigureCanvasAgg(self.figure)
+        #: the Figure, made on the drawing thread by the first draw (matplotlib's import and
+        #: the figure's making are 0.3-0.5 s the GUI would freeze for when the dock opens);
+        #: ``setup(figure)`` runs there first, before any change
+        self.figure = None
+        self._figure_args = (figsize, dpi, figure_kw, setup)
+        self._agg = None
         self._dpi = dpi
         self._hint = QSize(int(figsize[0] * dpi), int(figsize[1] * dpi))
         self.setMinimumHeight(min_height)
@@ -54,6 +55,7 @@ class BackgroundFigure(QLabel):
         self.draws = 0          # pictures rendered (for tests)
         self._bridge = _Bridge(self)  # deleted with the widget: a late picture is dropped
         self._bridge.drawn.connect(self._show)
+        self.redraw()  # makes the figure (and runs setup) off the GUI thread now
 
     # -- sizes: the picture never drives the layout ------------------------------------------
 
@@ -114,6 +116,16 @@ class BackgroundFigure(QLabel):
                 return
 
     def _render(self, changes, w, h, ratio):
+        if self.figure is None:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+
+            figsize, dpi, figure_kw, setup = self._figure_args
+            figure = Figure(figsize=figsize, dpi=dpi, **figure_kw)
+            self._agg = FigureCanvasAgg(figure)
+            if setup is not None:
+                setup(figure)
+            self.figure = figure
         for change in changes:
             change(self.figure)
         if w >= 20 and h >= 20:  # laid out: draw at the widget's size

@@ -5,6 +5,7 @@ import os
 import time
 from pathlib import Path
 
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -136,6 +137,7 @@ class ReconstructWidget(DockWidget):
         self.checkpoint_combo.setToolTip("Weights of a learned method: the file shipped with "
                                          "napari-zup, or one you trained (zup train)")
         self.device_combo = QComboBox()
+        self._device_probe = None  # (thread importing torch, method info) while it runs
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(0, 16384)
         self.tile_spin.setSingleStep(256)
@@ -250,9 +252,45 @@ class ReconstructWidget(DockWidget):
                 return
             self.factor_spin.setValue(float(f))
 
+    def _fill_devices(self, info) -> None:
+        """The device list of method ``info`` (None: auto's learned candidates). Asking torch
+        for a GPU imports it (1-2 s, 0.15-0.3 s of it holding the GIL): if it is not imported
+        yet, that happens in the background while the list says "cpu", and the list is filled
+        when it is done (a classical method needs no torch)."""
+        from ..devices import available_devices
+
+        self.device_combo.clear()
+        self._device_probe = None
+        if info is not None and tuple(info.devices) == ("cpu",):
+            self.device_combo.addItem("cpu")
+            self.device_combo.setEnabled(False)
+            return
+        thread = preload(("torch",))  # None: imported already
+        if thread is not None:
+            self.device_combo.addItem("cpu")
+            self.device_combo.setEnabled(False)
+            self.device_combo.setToolTip("looking for a GPU (importing torch)…")
+            self._device_probe = (thread, info)
+            QTimer.singleShot(100, self._devices_probed)
+            return
+        devices = [d for d in available_devices()
+                   if info is None or d in info.devices] or ["cpu"]
+        self.device_combo.addItems(devices)
+        self.device_combo.setEnabled(len(devices) > 1)
+        self.device_combo.setToolTip("")
+
+    def _devices_probed(self) -> None:
+        if self._device_probe is None:  # superseded
+            return
+        thread, info = self._device_probe
+        if thread.is_alive():
+            QTimer.singleShot(100, self._devices_probed)
+            return
+        self._device_probe = None
+        self._fill_devices(info)
+
     def _method_changed(self, name):
         from ..checkpoints import default_checkpoint
-        from ..devices import available_devices
 
         if name == AUTO:
             self.method_desc.setText(AUTO_DESCRIPTION)
@@ -260,10 +298,7 @@ class ReconstructWidget(DockWidget):
             self.checkpoint_combo.clear()
             self.checkpoint_combo.addItem("bundled (learned candidates)")
             self.checkpoint_combo.setEnabled(False)
-            self.device_combo.clear()
-            devices = available_devices() or ["cpu"]
-            self.device_combo.addItems(devices)
-            self.device_combo.setEnabled(len(devices) > 1)
+            self._fill_devices(None)
             self.flow_check.setChecked(False)
             self.flow_check.setEnabled(False)
             self.texture_check.setChecked(False)
@@ -282,10 +317,7 @@ class ReconstructWidget(DockWidget):
         else:
             self.checkpoint_combo.addItem("not needed")
         self.checkpoint_combo.setEnabled(info.needs_checkpoint)
-        self.device_combo.clear()
-        devices = [d for d in available_devices() if d in info.devices] or ["cpu"]
-        self.device_combo.addItems(devices)
-        self.device_combo.setEnabled(len(devices) > 1)
+        self._fill_devices(info)
         flows = info.has_flows or info.shows_flows
         self.flow_check.setEnabled(flows)
         if not flows:

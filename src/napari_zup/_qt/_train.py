@@ -48,6 +48,12 @@ from ._common import (
     wrap_label,
 )
 
+#: What a training imports the first time: torch, torch._dynamo (torch.optim's optimizers
+#: import it when constructed, ~1 s) and ours.
+TRAINING_MODULES = ("torch", "torch._dynamo", "napari_zup.training.session",
+                    "napari_zup.training.interp", "napari_zup.training.axial",
+                    "napari_zup.methods._torch_common")
+
 #: Trainable methods offered by the widget (self-supervised on the stack itself); their
 #: descriptions come from the methods' MethodInfo.
 TRAINABLE = ("niiv", "a2i", "film", "tsain")
@@ -124,6 +130,9 @@ class TrainWidget(DockWidget):
         self.reconstruct_button.clicked.connect(self.reconstruct)
         self._method_changed(self.method_combo.currentText())
         self._layer_changed()
+        # torch's first import holds the GIL while its libraries load (0.15-0.3 s here): done
+        # in the background once the dock is up, it does not freeze the GUI in a training
+        self.preload_soon(TRAINING_MODULES)
 
     def _build_form(self):
         """Image, method, factor, z sampling, budget, steps and the checkpoint file."""

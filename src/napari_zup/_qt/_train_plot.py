@@ -30,9 +30,14 @@ class TrainPlot:
     def __init__(self, layout):
         from ._figure import BackgroundFigure
 
+        self.im_in = None
+        self.im_out = None
         self.canvas = BackgroundFigure(figsize=(3.4, 3.9), dpi=90, min_height=320,
-                                       facecolor="#262930")
-        fig = self.figure = self.canvas.figure
+                                       facecolor="#262930", setup=self._setup)
+        layout.addWidget(self.canvas)
+
+    def _setup(self, fig):  # on the figure's drawing thread, before any change
+        self.figure = fig
         top = fig.add_gridspec(1, 1, left=0.17, right=0.97, top=0.94, bottom=0.58)
         bottom = fig.add_gridspec(1, 2, left=0.02, right=0.98, top=0.47, bottom=0.01,
                                   wspace=0.06)
@@ -53,9 +58,6 @@ class TrainPlot:
             a.set_xticks([])
             a.set_yticks([])
             a.set_title(title, color=fg, fontsize=8)
-        self.im_in = None
-        self.im_out = None
-        layout.addWidget(self.canvas)
 
     def reset(self):
         self.canvas.redraw(lambda fig: self._reset())
