@@ -48,10 +48,14 @@ def main():
         if name not in docks:
             box = {}
 
-            def opened():
+            def opened():  # and its plots drawn (their first draw imports matplotlib)
+                from napari_zup._qt._figure import BackgroundFigure
+
                 w = box.get("w")
                 return w is not None and not getattr(w, "preloading", False) \
-                    and not preloading()
+                    and not preloading() \
+                    and not any(f.pending or f.draws == 0
+                                for f in w.findChildren(BackgroundFigure))
             measure(f"opening the {name} dock (until its background imports are done)",
                     lambda: box.setdefault(
                         "w", viewer.window.add_plugin_dock_widget("napari-zup", name)[1]),

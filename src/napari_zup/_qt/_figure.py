@@ -20,6 +20,10 @@ from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import QLabel, QSizePolicy
 
 
+#: The first draw (which makes the figure) waits this long after the widget is made.
+FIRST_DRAW_DELAY_MS = 500
+
+
 class _Bridge(QObject):
     drawn = Signal(object, int)  # (QImage, generation): queued into the GUI thread
 
@@ -47,6 +51,7 @@ class BackgroundFigure(QLabel):
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self._lock = threading.Lock()
+        self._started = False   # the first draw has been asked for (see _first_draw)
         self._changes: list[Callable] = []
         self._queued = False    # a draw is wanted (changes or a new size)
         self._drawing = False   # the drawing thread is alive
@@ -55,7 +60,19 @@ class BackgroundFigure(QLabel):
         self.draws = 0          # pictures rendered (for tests)
         self._bridge = _Bridge(self)  # deleted with the widget: a late picture is dropped
         self._bridge.drawn.connect(self._show)
-        self.redraw()  # makes the figure (and runs setup) off the GUI thread now
+        # the figure (matplotlib's import, setup) is made by the first draw, off the GUI
+        # thread, once the dock has been laid out: together with the layout it was 0.3-0.6 s
+        # of GIL contention here (docs/benchmarks.md 10.11); resizes before that wait for it
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(FIRST_DRAW_DELAY_MS, self._first_draw)
+
+    def _first_draw(self):
+        self._started = True
+        try:
+            self.redraw()
+        except RuntimeError:  # the widget was deleted meanwhile
+            pass
 
     # -- sizes: the picture never drives the layout ------------------------------------------
 
@@ -87,7 +104,7 @@ class BackgroundFigure(QLabel):
             self._size = (w, h, ratio)
             self._queued = True
             self._generation += 1
-            if self._drawing:
+            if self._drawing or not self._started:
                 return
             self._drawing = True
         threading.Thread(target=self._work, name="napari-zup figure", daemon=True).start()
