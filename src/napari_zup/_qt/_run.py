@@ -59,6 +59,7 @@ class StreamingRun:
         self.on_progress = on_progress
         self.on_done = on_done
         self.cancel_event = threading.Event()
+        self._layer_ready = threading.Event()
         self.status = "pending"
         self.error: BaseException | None = None
         self.layer = None
@@ -148,6 +149,10 @@ class StreamingRun:
         or None)``: the slice itself is already in the output buffer."""
         out = self._out
         flow_vmax = None
+        # the first compute waits for the pass after the output layer was added (at most a
+        # second): the engine's threads running numpy/OpenCV while napari builds the layer's
+        # controls made that pass 0.2-0.3 s (GIL contention; docs/benchmarks.md 10.11)
+        self._layer_ready.wait(1.0)
         it = reconstruct_events(
             self.volume, self.method, self.factor, method_params=self.method_params or None,
             tile_size=self.tile_size, want_flows=self.want_flows, cancel=self.cancel_event,
@@ -189,8 +194,9 @@ class StreamingRun:
         self.status = "running"
         if self.want_flows:
             preload()  # what the first Vectors layer imports, before the first flow arrives
-        # Start computing first: the output layer and the progress bar (~0.1-0.5 s of GUI
-        # work, in two passes) overlap with the first slab. napari's progress() runs processEvents, which
+        # The worker thread starts now and computes from the pass after the output layer is
+        # added (_layer_ready: the first slice ~0.08 s later, fewer stalls; benchmarks.md
+        # 10.11). napari's progress() runs processEvents, which
         # delivers the slices that arrived meanwhile: they only count (``_on_slice``), and
         # what would redraw or end the run waits (``_in_refresh``) until start() returns.
         # (Creating the progress bar before the first layer made llvmpipe segfault in a
@@ -202,6 +208,7 @@ class StreamingRun:
             self._add_layers()
         finally:
             self._in_refresh = False
+            QTimer.singleShot(0, self._layer_ready.set)
         # napari's progress bar (its activity-dock widget and a processEvents that repaints
         # the layer list) in the next pass: with the new layer in one pass it was 0.3-0.6 s
         QTimer.singleShot(0, self._add_progress_bar)
