@@ -519,3 +519,36 @@ def test_pass_steps_run_in_order_one_per_event_loop_pass(qtbot):
     assert len(ran) <= 2  # not all in one pass
     qtbot.waitUntil(lambda: not steps.pending, timeout=5000)
     assert ran == [0, 1, 2]
+
+
+def test_a_run_computes_only_after_its_output_layer_is_added(qtbot, viewer_with_sample,
+                                                             monkeypatch):
+    """The worker starts at Run but computes from the pass after the output layer exists, so
+    napari building the layer does not compete with the engine's threads for the GIL
+    (docs/benchmarks.md 10.11). A slow layer creation would otherwise meet a computing
+    worker."""
+    import time as _time
+
+    import napari_zup._qt._run as run_mod
+    from napari_zup._qt import ReconstructWidget
+
+    seen = []
+    real_events = run_mod.reconstruct_events
+
+    def recording(*args, **kwargs):  # in the worker thread, when it starts computing
+        seen.append(any(lay.name.endswith("linear ×4") for lay in list(viewer.layers)))
+        return real_events(*args, **kwargs)
+    monkeypatch.setattr(run_mod, "reconstruct_events", recording)
+    real_add = run_mod.StreamingRun._add_layers
+
+    def slow_add(self):
+        _time.sleep(0.4)  # napari taking its time over the new layer
+        real_add(self)
+    monkeypatch.setattr(run_mod.StreamingRun, "_add_layers", slow_add)
+
+    viewer, layer = viewer_with_sample
+    w = ReconstructWidget(viewer)
+    w.method_combo.setCurrentText("linear")
+    run = w.start()
+    _wait_done(qtbot, run)
+    assert run.status == "done" and seen == [True]
