@@ -81,10 +81,12 @@ def test_reconstruct_lists_devices_once_torch_is_imported_in_the_background(
     w.method_combo.setCurrentText("film")
     assert ("torch",) in asked
     items = [w.device_combo.itemText(i) for i in range(w.device_combo.count())]
-    assert items == ["cpu"] and not w.device_combo.isEnabled()
+    assert items == ["auto"] and not w.device_combo.isEnabled()  # a run meanwhile: the best
     assert "torch" in w.device_combo.toolTip()      # says why it waits
+    assert w.method_params()["device"] == "auto"
     w.method_combo.setCurrentText("linear")         # a classical method needs no torch
     assert [w.device_combo.itemText(i) for i in range(w.device_combo.count())] == ["cpu"]
+    assert w.device_combo.toolTip() == ""
     w.method_combo.setCurrentText("film")
     gate.set()
     expected = [d for d in available_devices() if d in ("cpu", "cuda", "mps")]

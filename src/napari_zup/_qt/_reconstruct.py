@@ -255,21 +255,23 @@ class ReconstructWidget(DockWidget):
     def _fill_devices(self, info) -> None:
         """The device list of method ``info`` (None: auto's learned candidates). Asking torch
         for a GPU imports it (1-2 s, 0.15-0.3 s of it holding the GIL): if it is not imported
-        yet, that happens in the background while the list says "cpu", and the list is filled
+        yet, that happens in the background while the list says "auto", and the list is filled
         when it is done (a classical method needs no torch)."""
         from ..devices import available_devices
 
         self.device_combo.clear()
         self._device_probe = None
+        self.device_combo.setToolTip("")
         if info is not None and tuple(info.devices) == ("cpu",):
             self.device_combo.addItem("cpu")
             self.device_combo.setEnabled(False)
             return
         thread = preload(("torch",))  # None: imported already
-        if thread is not None:
-            self.device_combo.addItem("cpu")
+        if thread is not None:  # a run started meanwhile takes the best device there is
+            self.device_combo.addItem("auto")
             self.device_combo.setEnabled(False)
-            self.device_combo.setToolTip("looking for a GPU (importing torch)…")
+            self.device_combo.setToolTip("looking for a GPU (importing torch)…; auto: the "
+                                         "best device found when the run starts")
             self._device_probe = (thread, info)
             QTimer.singleShot(100, self._devices_probed)
             return
@@ -277,7 +279,6 @@ class ReconstructWidget(DockWidget):
                    if info is None or d in info.devices] or ["cpu"]
         self.device_combo.addItems(devices)
         self.device_combo.setEnabled(len(devices) > 1)
-        self.device_combo.setToolTip("")
 
     def _devices_probed(self) -> None:
         if self._device_probe is None:  # superseded
@@ -510,7 +511,7 @@ class ReconstructWidget(DockWidget):
     def _auto_params(self) -> dict:
         """Device for the learned candidates (bundled checkpoints)."""
         dev = self.device_combo.currentText() or "cpu"
-        return {i.name: {"device": dev if dev in i.devices else "cpu"}
+        return {i.name: {"device": dev if dev in i.devices or dev == "auto" else "cpu"}
                 for i in method_infos() if i.needs_checkpoint}
 
     def _start_auto(self, layer):
