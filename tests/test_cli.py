@@ -76,6 +76,27 @@ def test_reconstruct_real_sstem_with_auto_factor(tmp_path):
     assert (tmp_path / "m.png").stat().st_size > 10_000
 
 
+def test_a_factor_that_oversamples_z_is_warned_about(tmp_path):
+    """An isotropic crop of real FlyEM (10 nm voxels) restored x4 gets a warning naming the
+    voxel size and the resulting z step; an anisotropic stack at its own ratio does not."""
+    from ._data import SAMPLE2
+
+    g = tifffile.imread(need(SAMPLE2))[:6, :48, :48]
+    iso = tmp_path / "iso.tif"
+    tifffile.imwrite(iso, g, imagej=True, resolution=(0.1, 0.1),
+                     metadata={"spacing": 10, "unit": "nm"})
+    proc = zup("reconstruct", iso, tmp_path / "o.tif", "--method", "linear", "--factor", "4")
+    assert "warning" in proc.stderr and "10 x 10 x 10 nm" in proc.stderr
+    assert "2.5 nm" in proc.stderr and "already isotropic" in proc.stderr
+    aniso = tmp_path / "aniso.tif"
+    tifffile.imwrite(aniso, g, imagej=True, resolution=(0.1, 0.1),
+                     metadata={"spacing": 40, "unit": "nm"})
+    ok = zup("reconstruct", aniso, tmp_path / "o2.tif", "--method", "linear", "--factor", "4")
+    assert "warning" not in ok.stderr
+    over = zup("reconstruct", aniso, tmp_path / "o3.tif", "--method", "linear", "--factor", "8")
+    assert "5 nm" in over.stderr and "--factor auto gives 4" in over.stderr
+
+
 def test_reconstruct_to_ome_zarr_fractional(tmp_path):
     out = tmp_path / "x.zarr"
     zup("reconstruct", need(ISBI), out, "--method", "cubic", "--factor", "2.5")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from . import __version__
 from ._cli.common import (TEXTURE_HELP, CLIError, _check_method, _fail, _method_params, _read,
-                          _refuse_unused, _StderrProgress, parse_params, resolve_factor)
+                          _refuse_unused, _StderrProgress, oversampling_warning, parse_params,
+                          resolve_factor)
 from ._cli.common import (FARNEBACK_KEYS, _add_farneback, _add_voxel_size,  # noqa: F401
                           _given_voxel_size)  # (re-exported: the names as they were)
 from ._cli.evaluate import DEFAULT_EVAL_METHODS, _eval_methods, cmd_evaluate  # noqa: F401
@@ -79,6 +80,8 @@ def _choose_auto(args) -> str:
     except ValueError as exc:
         _fail(str(exc))
     factor = resolve_factor(args.factor, vol)
+    if (note := oversampling_warning(vol, factor)):
+        print(f"zup: warning: {note}", file=sys.stderr)
     names = [i.name for i in method_infos()]
     print(f"zup: --method auto: self-evaluating {len(names)} methods on a sample of the stack "
           "(docs/evaluation.md)", file=sys.stderr)
@@ -149,6 +152,8 @@ def cmd_reconstruct(args) -> int:
     except ValueError as exc:
         _fail(str(exc))
     factor = resolve_factor(args.factor, vol, args.method)
+    if (note := oversampling_warning(vol, factor)):
+        print(f"zup: warning: {note}", file=sys.stderr)
     if dtype_note:
         print(f"zup: note: {dtype_note}", file=sys.stderr)
     voxel, unit = output_voxel_size(vol.voxel_size, vol.unit, factor)
