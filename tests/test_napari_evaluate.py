@@ -125,3 +125,39 @@ def test_learned_method_in_evaluate(qtbot, make_napari_viewer):
     # F = 2: one bar per method (mean SSIM of the restored slices)
     heights = [p.get_width() for p in w.ax.patches]
     np.testing.assert_allclose(heights, [w.scores["linear"].ssim, w.scores["film"].ssim])
+
+
+def test_the_next_method_computes_after_the_previous_results_are_shown(qtbot,
+                                                                       make_napari_viewer,
+                                                                       monkeypatch):
+    """Scoring the next method waits until the previous one's layers and row are in napari
+    (docs/benchmarks.md 10.11: computing while napari adds layers stalled the GUI), even
+    when showing them is slow; the results stay complete and in order."""
+    import time
+
+    import napari_zup._qt._evaluate as ev
+    from napari_zup._qt import EvaluateWidget
+
+    viewer = make_napari_viewer()
+    data, kw, _ = isotropic_sample()[0]
+    layer = viewer.add_image(data[:17, :64, :64].copy(), **kw)
+    w = EvaluateWidget(viewer)
+    w.layer_combo.set_layer(layer)
+    w.factor_spin.setValue(4)
+    w.methods.set_selected(["linear", "cubic"])
+    started = {}
+    real = ev.evaluate_events
+
+    def recording(g, f, m, **kwargs):
+        started[m] = sorted(w.scores)  # the methods already shown when m starts
+        return real(g, f, m, **kwargs)
+    monkeypatch.setattr(ev, "evaluate_events", recording)
+    real_add = ev.EvaluateWidget._add_restored_layer
+
+    def slow_add(self, *a):
+        time.sleep(0.3)
+        real_add(self, *a)
+    monkeypatch.setattr(ev.EvaluateWidget, "_add_restored_layer", slow_add)
+    _run(qtbot, w, 2)
+    assert started == {"linear": [], "cubic": ["linear"]}
+    assert [w.table.item(r, 0).text() for r in range(w.table.rowCount())] == ["linear", "cubic"]

@@ -116,6 +116,7 @@ class EvaluateWidget(DockWidget):
         self.worker = None
         self._layer = None
         self._cancel = threading.Event()
+        self._shown = threading.Event()
         self._pbar = None
         self._in_pbar = False
         # a method's restored layer, error map and table row/plot each get an event-loop pass
@@ -356,8 +357,9 @@ class EvaluateWidget(DockWidget):
         QTimer.singleShot(0, lambda: self._add_progress_bar(total, f))
         self._busy = True
         self._done_slices = 0
+        self._shown = threading.Event()
         self.worker = start_worker(self._job, ground_truth, f, methods, params, self_mode,
-                                   self._cancel, on_yield=self._on_yield,
+                                   self._cancel, self._shown, on_yield=self._on_yield,
                                    on_return=self._on_return, on_error=self._on_error)
         return True
 
@@ -384,8 +386,14 @@ class EvaluateWidget(DockWidget):
     def cancel(self):
         self._cancel.set()
 
+    #: the longest the next method waits for the previous one's results to be shown
+    SHOW_WAIT_S = 2.0
+
     @staticmethod
-    def _job(ground_truth, factor, methods, params, self_mode, cancel):
+    def _job(ground_truth, factor, methods, params, self_mode, cancel, shown=None):
+        """Each method's events; after a method's result, the next one starts once the GUI
+        has shown it (``shown``; at most SHOW_WAIT_S): computing while napari adds the
+        result's layers made those passes 0.2-0.3 s (GIL contention)."""
         g = np.asarray(ground_truth)
         for m in methods:
             kw = {"method_params": params.get(m), "cancel": cancel, "keep_output": True,
@@ -404,7 +412,11 @@ class EvaluateWidget(DockWidget):
                 return "cancelled"
             finally:
                 events.close()
+            if shown is not None:
+                shown.clear()
             yield ("method", m, (score, recon, maps))
+            if shown is not None and m != methods[-1]:
+                shown.wait(EvaluateWidget.SHOW_WAIT_S)
         return "done"
 
     def _on_yield(self, item):
@@ -440,6 +452,7 @@ class EvaluateWidget(DockWidget):
         self._steps.add(lambda: self._add_restored_layer(method, score, recon))
         self._steps.add(lambda: self._add_error_layer(method, score, maps))
         self._steps.add(lambda: self._add_score(method, score))
+        self._steps.add(self._shown.set)  # the next method computes from now on
 
     def _result_kwargs(self, method, score):
         layer = self._layer
