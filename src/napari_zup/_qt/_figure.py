@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from qtpy.QtCore import QObject, QSize, Qt, Signal
+from qtpy.QtCore import QObject, QSize, Qt, QTimer, Signal
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import QLabel, QSizePolicy
 
@@ -63,8 +63,6 @@ class BackgroundFigure(QLabel):
         # the figure (matplotlib's import, setup) is made by the first draw, off the GUI
         # thread, once the dock has been laid out: together with the layout it was 0.3-0.6 s
         # of GIL contention here (docs/benchmarks.md 10.11); resizes before that wait for it
-        from qtpy.QtCore import QTimer
-
         QTimer.singleShot(FIRST_DRAW_DELAY_MS, self._first_draw)
 
     def _first_draw(self):

@@ -253,6 +253,9 @@ class LearnedPairMethod(Method):
         cache: dict[int, tuple] = {}  # knot index -> (padded image, encoding), once per call
         size = None
 
+        def to_data(x):  # a model output (1, 1, H', W') -> the slice in data units
+            return crop_to(x, size)[0, 0].float().cpu().numpy() * span + lo
+
         def knot(i):
             nonlocal size
             i = min(max(i, 0), n - 1)  # clamped at the block's (= the volume's) ends
@@ -280,11 +283,10 @@ class LearnedPairMethod(Method):
                     tt = torch.full((1,), t, device=dev)
                     res, fl = (self.model.decode(fa, fb, a, b, tt, **kw) if outer is None
                                else self.model.decode(fa, fb, a, b, tt, outer, **kw))
-                img = crop_to(res, size)[0, 0].float().cpu().numpy() * span + lo
+                img = to_data(res)
                 if self.texture and 0.0 < t < 1.0:
                     near = block[k] if t <= 0.5 else block[k + 1]
-                    source = (crop_to(aligned[0], size)[0, 0].float().cpu().numpy() * span + lo
-                              if aligned else near)  # film: the flow-aligned knots
+                    source = to_data(aligned[0]) if aligned else near  # film: aligned knots
                     img = add_knot_texture(img, source, self.texture, value_range, near)
                 out[j] = to_dtype(img, block.dtype)
                 if want_flows:

@@ -209,10 +209,10 @@ class FilmNet(nn.Module):
         head = self.head(x)
         tc = t4.clamp(1e-3, 1 - 1e-3)
         m = torch.sigmoid(torch.log((1 - tc) / tc) + head[:, :1])
-        out = m * wa0 + (1 - m) * wb0 + head[:, 1:2]
-        out = bound_to_local_range(out, (wa0, wb0))  # anchored: flat stays flat
+        blend = m * wa0 + (1 - m) * wb0
+        out = bound_to_local_range(blend + head[:, 1:2], (wa0, wb0))  # flat stays flat
         if aligned is not None:
-            aligned.append(m * wa0 + (1 - m) * wb0)
+            aligned.append(blend)
         fl0 = flows_per_level[0]
         # displacement first knot -> second knot seen at the output slice's location
         return out, fl0[:, 2:] - fl0[:, :2]
