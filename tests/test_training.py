@@ -423,3 +423,37 @@ def test_ctrl_c_keeps_the_best_and_never_touches_the_bundled_file(tmp_path):
     _, meta = load_checkpoint(out, "niiv")
     assert meta["adapted_on"]["file"] == "stack.tif"
     assert _sha(bundled) == before
+
+
+def test_sigterm_whose_exception_was_dropped_still_stops_training(tmp_path, capsys,
+                                                                  monkeypatch):
+    """`zup train` gets a SIGTERM while the main thread is in a ``__del__`` (the handler's
+    exception is printed and dropped there): training still stops at the next step, keeps
+    the best model, exits 143, and no stray traceback is printed."""
+    import signal
+
+    from napari_zup import cli
+    from napari_zup.training import session as ts
+
+    class DropsSigterm:
+        def __del__(self):
+            cli._on_sigterm(signal.SIGTERM, None)
+
+    real = ts.TrainingSession.events
+
+    def events(self):
+        for ev in real(self):
+            yield ev
+            if isinstance(ev, ts.Validation):
+                DropsSigterm()  # collected at once: the handler runs, its raise is lost
+
+    monkeypatch.setattr(ts.TrainingSession, "events", events)
+    data, _ = _stack(tmp_path, 12, 64)
+    out = tmp_path / "a.safetensors"
+    rc = cli.main(["train", "niiv", "--data", str(data), "--out", str(out), "--factor", "4",
+                   "--minutes", "1", "--eval-every", "2", "--batch", "2", "--device", "cpu"])
+    text = capsys.readouterr()
+    assert rc == 143, text
+    assert "Exception ignored" not in text.err, text
+    _, meta = load_checkpoint(out, "niiv")
+    assert meta["training"]["steps_run"] == 2  # stopped right after the first validation

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from . import __version__
+from ._cli.common import TERMINATE, Terminated  # noqa: F401 (Terminated: re-exported)
 from ._cli.common import (TEXTURE_HELP, CLIError, _check_method, _fail, _method_params, _read,
                           _refuse_unused, _StderrProgress, oversampling_warning, parse_params,
                           resolve_factor)
@@ -24,7 +25,7 @@ from ._cli.evaluate import DEFAULT_EVAL_METHODS, _eval_methods, cmd_evaluate  # 
 from ._cli.evaluate import add_evaluate_parser
 from ._cli.flow import add_flow_parser, cmd_flow
 from .checkpoints import factor_warning
-from .engine import make_plan, reconstruct_events, validate_volume
+from .engine import ReconstructionCancelled, make_plan, reconstruct_events, validate_volume
 from .io import (VolumeReadError, check_not_input, check_output_path, output_dtype,
                  output_voxel_size, read_volume, write_volume)
 from .methods.base import create_method, get_info, method_infos
@@ -234,14 +235,17 @@ def _reconstruct_distributed(args, vol, factor, params, voxel, meta) -> int:
             workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite,
             resume=not args.no_resume, levels=args.pyramid_levels,
             input_level=args.input_level, chunks=args.chunks, voxel_size=vol.voxel_size,
-            unit=vol.unit, stats=stats), on_progress)
-    except KeyboardInterrupt as exc:
+            unit=vol.unit, stats=stats, cancel=TERMINATE), on_progress)
+    except (KeyboardInterrupt, ReconstructionCancelled):
+        # ReconstructionCancelled: the runner saw TERMINATE (its cancel event) before the
+        # handler's exception arrived, or that exception was dropped (see TERMINATE).
+        terminated = TERMINATE.is_set()
         done = f"{progress.progress.done} of {progress.progress.total} chunks" if progress \
             else "before any chunk"
-        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        how = "terminated (SIGTERM)" if terminated else "interrupted"
         print(f"zup: {how} after {done}; {args.output} is marked incomplete and keeps "
               "them: rerun the same command to resume", file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
+        return 143 if terminated else 130
     except (ValueError, OSError, ConnectionError, TimeoutError, RuntimeError) as exc:
         _fail(str(exc))
     if stats.get("already_complete"):
@@ -360,13 +364,19 @@ def _add_reconstruct_parser(sub) -> None:
     d.add_argument("--no-resume", action="store_true", help="do not reuse finished chunks")
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a cluster scheduler's kill, ``kill PID``): raised in the main thread so that
-    it takes the same path as Ctrl-C: temporary files removed, stores left resumable."""
-
-
 def _on_sigterm(signum, frame):
+    TERMINATE.set()  # kept even where Python drops the exception below (see TERMINATE)
     raise Terminated()
+
+
+def _unraisable_hook(previous):
+    """``sys.unraisablehook`` while zup runs: a :class:`Terminated` dropped inside a
+    ``__del__`` is not printed as a traceback (TERMINATE has it and the run stops at its next
+    progress step); anything else goes to ``previous``."""
+    def hook(unraisable):
+        if not isinstance(unraisable.exc_value, Terminated):
+            previous(unraisable)
+    return hook
 
 
 #: Errors the user can act on: one line, exit status 2. Anything else is a bug: traceback.
@@ -399,7 +409,10 @@ def main(argv=None) -> int:
     # An interactive shell's `&` does not ignore SIGINT (job control uses process groups), so
     # Ctrl-C on a foreground zup always works.
     previous = None
+    previous_hook = sys.unraisablehook
     if threading.current_thread() is threading.main_thread():
+        TERMINATE.clear()
+        sys.unraisablehook = _unraisable_hook(previous_hook)
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         from .checkpoints import CheckpointError
@@ -425,6 +438,7 @@ def main(argv=None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = previous_hook
 
 
 if __name__ == "__main__":

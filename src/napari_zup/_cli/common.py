@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -200,6 +201,25 @@ def _add_voxel_size(p) -> None:
     p.add_argument("--unit", default=None, help="unit of --voxel-size (default nm)")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster scheduler's kill, ``kill PID``): raised in the main thread so that
+    it takes the same path as Ctrl-C: temporary files removed, stores left resumable."""
+
+
+#: Set by the CLI's SIGTERM handler. The handler also raises :class:`Terminated`, but Python
+#: runs signal handlers between any two bytecodes of the main thread, also inside a
+#: ``__del__`` or a weakref callback, where an exception is printed and dropped ("Exception
+#: ignored in ..."). So the request is also kept here, and every progress update and the
+#: cluster runner's cancel poll honour it: a SIGTERM is never lost.
+TERMINATE = threading.Event()
+
+
+def check_terminated() -> None:
+    """Raise :class:`Terminated` if a SIGTERM came (even one whose exception was dropped)."""
+    if TERMINATE.is_set():
+        raise Terminated()
+
+
 class _StderrProgress:
     """The CLI's progress line: ``label: done/total unit, rate, elapsed, ETA`` on stderr at
     most every ``every`` seconds (and at the end), from :class:`napari_zup.progress.Progress`
@@ -213,6 +233,7 @@ class _StderrProgress:
         self.last = 0.0
 
     def update(self, event: Progress | int = 1) -> None:
+        check_terminated()
         self.progress.update(event)
         now = time.perf_counter()
         if now - self.last >= self.every or self.progress.done == self.progress.total:

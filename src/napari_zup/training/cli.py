@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .._cli.common import TERMINATE
 from .session import (Finished, Message, Step, TrainConfig, TrainingError, TrainingSession,
                       Validation, family_of)
 
@@ -115,7 +116,8 @@ def main(method: str, argv: list[str]) -> int:
     from ..checkpoints import CheckpointError
 
     cfg = config_from_args(method, argv)
-    session = TrainingSession(cfg)
+    # A SIGTERM whose exception Python dropped (see TERMINATE) stops it at the next step.
+    session = TrainingSession(cfg, stop_event=TERMINATE)
     last_print, interrupted = 0.0, False
     try:
         for ev in session.events():
@@ -141,7 +143,9 @@ def main(method: str, argv: list[str]) -> int:
     except KeyboardInterrupt:  # before the first step or during the final save
         print(f"interrupted; the best checkpoint so far (if any) is in {cfg.out}",
               file=sys.stderr)
-        return 130
+        return 143 if TERMINATE.is_set() else 130
+    if TERMINATE.is_set():  # SIGTERM: stopped as on Ctrl-C, best model kept
+        return 143
     return 130 if interrupted else 0
 
 
