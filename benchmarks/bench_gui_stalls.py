@@ -113,6 +113,7 @@ def main():
     gc.callbacks.append(on_gc)
 
     def measure(label, start, done, during=None, timeout=900):
+        n_before = len(gc.get_objects())  # outside the timed part: what a job leaves tracked
         where.clear()
         sampling.set()
         ticks.clear()
@@ -135,10 +136,11 @@ def main():
         g0, g1 = (ticks[k], ticks[k + 1]) if len(ticks) > 1 else (t0, t0 + total)
         in_gap = sum(max(0.0, min(b, g1) - max(a, g0)) for a, b in full_gcs)
         sampling.clear()
-        rows.append((label, gap, total, in_gap))
+        grown = len(gc.get_objects()) - n_before
+        rows.append((label, gap, total, in_gap, grown))
         print(f"{label}: longest stall {gap:.3f} s (from {at:.2f} s) over {total:.1f} s"
-              + (f"; {in_gap:.3f} s of it a full garbage collection" if in_gap else ""),
-              flush=True)
+              + (f"; {in_gap:.3f} s of it a full garbage collection" if in_gap else "")
+              + f"; {grown:+,d} objects tracked by the garbage collector", flush=True)
         for stack, n in where.most_common(4):
             print(f"    {n * 0.05:.2f} s in {stack}", flush=True)
         for frame, n in others.most_common(3):
@@ -160,7 +162,7 @@ def main():
                 lay.visible = False
         app.processEvents()
 
-    rows: list[tuple[str, float, float]] = []
+    rows: list[tuple[str, float, float, float, int]] = []
     load0 = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
     def started(widget, start):  # done = the worker's finished signal, not "not running yet"
@@ -258,11 +260,11 @@ def main():
         print(f"    training steps run: {tr.trained['step']}", flush=True)
 
     load1 = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print("\n| job | longest GUI stall | of it a full garbage collection | job time |\n"
-          "|---|---|---|---|")
-    for label, gap, total, in_gap in rows:
+    print("\n| job | longest GUI stall | of it a full garbage collection | job time | objects "
+          "left tracked |\n|---|---|---|---|---|")
+    for label, gap, total, in_gap, grown in rows:
         print(f"| {label} | {gap:.3f} s | {f'{in_gap:.3f} s' if in_gap else '-'} | "
-              f"{total:.1f} s |")
+              f"{total:.1f} s | {grown:+,d} |")
     if full_gcs:
         d = [b - a for a, b in full_gcs]
         print(f"\nfull garbage collections in the whole run: {len(d)}, "

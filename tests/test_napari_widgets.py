@@ -552,3 +552,29 @@ def test_a_run_computes_only_after_its_output_layer_is_added(qtbot, viewer_with_
     run = w.start()
     _wait_done(qtbot, run)
     assert run.status == "done" and seen == [True]
+
+
+def test_a_factor_finer_than_the_pixels_is_warned_about(qtbot, make_napari_viewer, notes):
+    """The CLI's oversampling warning in the widget: the isotropic sample x4 says it is
+    already isotropic; the anisotropic one at its own ratio and a layer without a voxel
+    size say nothing."""
+    from napari_zup._qt import ReconstructWidget
+
+    viewer = make_napari_viewer()
+    data, kw, _ = isotropic_sample()[0]
+    iso = viewer.add_image(data[:12], **kw)
+    w = ReconstructWidget(viewer)
+    w.layer_combo.set_layer(iso)
+    w.method_combo.setCurrentText("linear")
+    w.factor_spin.setValue(4)
+    _wait_done(qtbot, w.start())
+    warned = [m for m in notes if "finer than the layer's 10 nm pixels" in m]
+    assert len(warned) == 1 and "already isotropic" in warned[0], notes
+    notes.clear()
+    data, kw, _ = anisotropic_sample()[0]
+    for scale in (kw["scale"], (1.0, 1.0, 1.0)):  # x4 = 40 / 10; napari's default scale
+        layer = viewer.add_image(data[:8], **{**kw, "scale": scale})
+        w.layer_combo.set_layer(layer)
+        w.factor_spin.setValue(4)
+        _wait_done(qtbot, w.start())
+    assert not [m for m in notes if "finer than" in m], notes

@@ -99,6 +99,18 @@ def intervals(n_slices: int, factor) -> list[tuple[int, list[tuple[int, Fraction
     return out
 
 
+def oversampled_z_step(voxel_size, factor) -> float | None:
+    """The output's z step when ``factor`` makes it clearly finer than the pixels (below 0.8
+    of the smaller y/x size: e.g. an isotropic stack restored x4, where the slices in
+    between add no resolution), else None; None too when the voxel size is unknown. The
+    CLI's warning and the Reconstruct widget's both come from here."""
+    if not voxel_size or len(voxel_size) < 3 or min(float(v) for v in voxel_size[-3:]) <= 0:
+        return None
+    z, y, x = (float(v) for v in voxel_size[-3:])
+    new_z = z / float(factor)
+    return new_z if new_z < 0.8 * min(y, x) else None
+
+
 def auto_factor(voxel_size, fractional: bool = True) -> Fraction:
     """The factor that makes ``voxel_size`` (z, y, x) isotropic: z step / x pixel size.
 

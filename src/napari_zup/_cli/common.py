@@ -64,12 +64,10 @@ def oversampling_warning(volume: Volume, factor) -> str | None:
     """A warning when ``factor`` makes the output's z step clearly finer than its pixels
     (e.g. an isotropic stack restored x4): slices are then invented between real ones with
     no gain in resolution. None when the voxel size is unknown or the step stays >= ~x/y."""
-    if not volume.voxel_size:
+    new_z = grid.oversampled_z_step(volume.voxel_size, factor)
+    if new_z is None:
         return None
     z, y, x = volume.voxel_size
-    new_z = z / float(factor)
-    if new_z >= 0.8 * min(y, x):
-        return None
     u = volume.unit
     ratio = z / min(y, x)
     advice = ("the stack is already isotropic: there is nothing to restore along z"

@@ -38,6 +38,7 @@ from ._auto import AUTO, AUTO_DESCRIPTION, choice_table, choose
 from ._cluster_run import ClusterRun, suggest_output
 from ._on_demand import OnDemandRun
 from ._run import StreamingRun
+from ._voxel_banner import layer_lacks_voxel_size
 
 CHOOSE_FILE = "Choose a file…"
 BUNDLED = "bundled default"
@@ -53,6 +54,28 @@ ENGINES = (ENGINE_THREADS, ENGINE_ON_DEMAND, ENGINE_LOCAL, ENGINE_SCHEDULER)
 
 #: Texture ratio of the "texture" box (docs/learned-interpolation.md, "Texture").
 TEXTURE_RATIO = 0.8
+
+
+def oversampling_note(layer, factor) -> str | None:
+    """The CLI's oversampling warning (:func:`grid.oversampled_z_step`) for a layer: None
+    when its scale is napari's default (no voxel size to judge by)."""
+    if layer_lacks_voxel_size(layer):
+        return None
+    vox = tuple(float(v) for v in layer.scale[-3:])
+    new_z = grid.oversampled_z_step(vox, factor)
+    if new_z is None:
+        return None
+    try:  # napari's units are pint units: "nm", not "nanometer"
+        unit = format(layer.units[-1], "~")
+    except (AttributeError, IndexError, TypeError, ValueError):
+        unit = ""
+    unit = "" if unit in ("pixel", "px", "") else f" {unit}"
+    ratio = vox[0] / min(vox[1:])
+    advice = ("the layer is already isotropic: there is nothing to restore along z"
+              if ratio <= 1.05 else f"'from scale' gives ×{ratio:.4g}")
+    return (f"×{float(factor):g} makes the z step {new_z:.3g}{unit}, finer than the layer's "
+            f"{min(vox[1:]):g}{unit} pixels (the slices in between add no resolution); "
+            f"{advice}")
 
 
 class ReconstructWidget(DockWidget):
@@ -433,9 +456,10 @@ class ReconstructWidget(DockWidget):
                 raise ValueError(f"method {method!r} needs at least {info.min_slices} slices")
             params = (self.method_params(method) if method == self.method_combo.currentText()
                       else self._auto_params().get(method))
-            note = factor_warning(method, factor, (params or {}).get("checkpoint"))
-            if note:
-                notify_warning(f"Reconstruct: {note}")
+            for note in (factor_warning(method, factor, (params or {}).get("checkpoint")),
+                         oversampling_note(layer, factor)):
+                if note:
+                    notify_warning(f"Reconstruct: {note}")
             engine = self.engine_combo.currentText()
             if engine == ENGINE_ON_DEMAND:
                 return self._start_on_demand(layer, method, factor, params)
