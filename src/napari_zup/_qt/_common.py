@@ -65,6 +65,10 @@ def preload(modules=VECTORS_MODULES) -> threading.Thread | None:
             _PRELOADING[m] = thread
 
     def run():
+        if any(m == "torch" or m.startswith("torch.") for m in missing):
+            from ..devices import load_torch_libraries
+
+            load_torch_libraries()  # its largest library without the GIL (0.16 s otherwise)
         for name in missing:
             try:
                 importlib.import_module(name)

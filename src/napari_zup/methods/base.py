@@ -166,6 +166,10 @@ def method_class(name: str) -> type:
     get_info(name)
     factory = _REGISTRY[name].factory
     if isinstance(factory, str):
+        if _REGISTRY[name].info.needs_checkpoint:  # a learned method: its module imports torch
+            from ..devices import load_torch_libraries
+
+            load_torch_libraries()  # without holding the GIL: other threads keep running
         module_name, _, attr = factory.partition(":")
         factory = getattr(importlib.import_module(module_name), attr)
     return factory
