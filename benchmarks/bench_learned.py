@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_learned.py [--ref REV] [--knots 8] [--repeats 2]
                                                   [--methods niiv,a2i,film,tsain]
+                                                  [--keep-freed-memory]
 
 Renders every non-knot slice at F = 4 of a block of ``--knots`` 512x512 sections of the real
 VNC ssTEM stack (../shared/data, read only) with each learned method's shipped checkpoint on
@@ -70,7 +71,13 @@ def main(argv=None) -> int:
     ap.add_argument("--ref-checkpoint", metavar="FILE",
                     help="'before' = today's code with this checkpoint (one method), e.g. "
                          "a 2-knot film against the shipped 4-knot one")
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="the C allocator as the `zup` command sets it (napari_zup._malloc)")
     args = ap.parse_args(argv)
+    if args.keep_freed_memory:
+        from napari_zup._malloc import keep_freed_memory
+
+        assert keep_freed_memory()
 
     import torch
 
