@@ -647,7 +647,8 @@ class ReconstructWidget(DockWidget):
             run.method == self.choice.method else ""
         if run.status == "done":
             self.status.setText(
-                f"{prefix}{run.method}: {s['slices']} slices in {s['total_s']:.1f} s "
+                f"{prefix}{run.method}: {s['slices']} slices in "
+                f"{s['total_s']:.{2 if s['total_s'] < 10 else 1}f} s "  # as precise as the next
                 f"(first slice after {s.get('first_slice_s', float('nan')):.2f} s) -> "
                 f"layer {run.layer.name!r}")
         else:
