@@ -563,3 +563,25 @@ def test_sigterm_dropped_in_a_finaliser_still_stops_a_cluster_run(tmp_path, caps
     rc, err = run(capsys, *args)
     assert rc == 0, err
     assert dict(zarr.open_group(str(out), mode="r").attrs)["zup"]["status"] == "complete"
+
+
+def test_sigterm_dropped_in_a_finaliser_stops_an_evaluation(tmp_path, capsys, monkeypatch):
+    """zup evaluate: the next method is not started; exit 143, no JSON left behind."""
+    from napari_zup import evaluation as ev
+
+    real, calls = ev.evaluate_method, []
+
+    def dropping(*a, **k):
+        calls.append(a[2])
+        out = real(*a, **k)
+        _DropsSigterm()
+        return out
+
+    monkeypatch.setattr(ev, "evaluate_method", dropping)
+    src = tmp_path / "s.tif"
+    write_volume(src, read_volume(SAMPLE).data[:24], (10.0, 10.0, 10.0))
+    rc, err = run(capsys, "evaluate", src, "--factor", "4", "--methods", "linear,cubic",
+                  "--json", tmp_path / "s.json")
+    assert rc == 143, err
+    assert calls == ["linear"] and "Exception ignored" not in err, (calls, err)
+    assert sorted(os.listdir(tmp_path)) == ["s.tif"]

@@ -13,8 +13,9 @@ from ..checkpoints import factor_warning
 from ..engine import validate_volume
 from ..io import check_not_input, check_output_path, write_volume
 from ..methods.base import get_info, method_infos
-from .common import (_add_farneback, _add_voxel_size, _check_method, _fail, _method_params,
-                     TEXTURE_HELP, _read, _refuse_unused, parse_params, resolve_factor)
+from .common import (TEXTURE_HELP, _add_farneback, _add_voxel_size, _check_method, _fail,
+                     _method_params, _read, _refuse_unused, check_terminated, parse_params,
+                     resolve_factor)
 
 #: ``zup evaluate``'s default methods: the classical and optical-flow ones (seconds on any
 #: stack); ``--methods all`` adds the learned ones with their bundled checkpoints.
@@ -85,6 +86,7 @@ def cmd_evaluate(args) -> int:
         f"; degraded copy: {degradation} (seed {args.seed})" if degradation else "")
     scores = {}
     for m in methods:
+        check_terminated()  # a SIGTERM whose exception was dropped stops between methods
         note = factor_warning(m, factor, params.get("checkpoint"))
         if note:
             print(f"zup: warning: {note}", file=sys.stderr)
