@@ -161,3 +161,23 @@ def test_the_next_method_computes_after_the_previous_results_are_shown(qtbot,
     _run(qtbot, w, 2)
     assert started == {"linear": [], "cubic": ["linear"]}
     assert [w.table.item(r, 0).text() for r in range(w.table.rowCount())] == ["linear", "cubic"]
+
+
+def test_every_table_row_is_visible_in_the_dock(qtbot, make_napari_viewer):
+    """Five methods in a dock narrower than the table's columns: the horizontal scroll bar
+    appears and still no row is hidden behind it."""
+    from napari_zup._qt import EvaluateWidget
+
+    viewer = make_napari_viewer(show=True)
+    data, kw, _ = isotropic_sample()[0]
+    viewer.add_image(data[:9, :64, :64].copy(), **kw)
+    w = EvaluateWidget(viewer)
+    viewer.window.add_dock_widget(w, area="right")
+    w.factor_spin.setValue(2)
+    w.methods.set_selected(["nearest", "linear", "cubic", "of-linear", "of-cubic"])
+    _run(qtbot, w, 5)
+    t = w.table
+    t.setFixedWidth(240)  # narrower than the six columns
+    qtbot.waitUntil(lambda: t.horizontalScrollBar().isVisible(), timeout=5000)
+    rows = sum(t.rowHeight(r) for r in range(t.rowCount()))
+    assert t.viewport().height() >= rows, (t.viewport().height(), rows)

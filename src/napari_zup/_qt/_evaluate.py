@@ -529,7 +529,11 @@ class EvaluateWidget(DockWidget):
     def _fit_table(self):
         t = self.table
         rows = sum(t.rowHeight(r) for r in range(t.rowCount()))
-        t.setFixedHeight(max(60, t.horizontalHeader().height() + rows + 2 * t.frameWidth() + 2))
+        # room for the horizontal scroll bar too: the columns are wider than a narrow dock,
+        # and the bar would otherwise cover the last row
+        bar = t.horizontalScrollBar().sizeHint().height()
+        t.setFixedHeight(max(60, t.horizontalHeader().height() + rows + bar
+                             + 2 * t.frameWidth() + 2))
 
     def side_by_side(self):
         """Grid mode, stride 2: panel k = restored layer of method k + its error map."""
