@@ -99,16 +99,24 @@ def intervals(n_slices: int, factor) -> list[tuple[int, list[tuple[int, Fraction
     return out
 
 
-def oversampled_z_step(voxel_size, factor) -> float | None:
-    """The output's z step when ``factor`` makes it clearly finer than the pixels (below 0.8
-    of the smaller y/x size: e.g. an isotropic stack restored x4, where the slices in
-    between add no resolution), else None; None too when the voxel size is unknown. The
-    CLI's warning and the Reconstruct widget's both come from here."""
+def oversampling_note(voxel_size, factor, unit: str = "", *, what: str = "the stack",
+                      auto: str = "--factor auto gives {:.4g}") -> str | None:
+    """A warning when ``factor`` makes the output's z step clearly finer than the pixels
+    (below 0.8 of the smaller y/x size: e.g. an isotropic stack restored x4, where the slices
+    in between add no resolution); None when it does not or the voxel size is unknown.
+    ``what`` names the data, ``auto`` how the front end gets the isotropic factor (formatted
+    with it). The CLI's warning and the Reconstruct widget's both come from here."""
     if not voxel_size or len(voxel_size) < 3 or min(float(v) for v in voxel_size[-3:]) <= 0:
         return None
     z, y, x = (float(v) for v in voxel_size[-3:])
-    new_z = z / float(factor)
-    return new_z if new_z < 0.8 * min(y, x) else None
+    new_z, pixel = z / float(factor), min(y, x)
+    if new_z >= 0.8 * pixel:
+        return None
+    u = f" {unit}" if unit else ""
+    advice = (f"{what} is already isotropic: there is nothing to restore along z"
+              if z / pixel <= 1.05 else auto.format(z / pixel))
+    return (f"×{float(factor):g} makes the z step {new_z:.3g}{u}, finer than {what}'s "
+            f"{pixel:g}{u} pixels (the slices in between add no resolution); {advice}")
 
 
 def auto_factor(voxel_size, fractional: bool = True) -> Fraction:

@@ -61,20 +61,12 @@ def resolve_factor(text: str, volume: Volume, method: str | None = None) -> grid
 
 
 def oversampling_warning(volume: Volume, factor) -> str | None:
-    """A warning when ``factor`` makes the output's z step clearly finer than its pixels
-    (e.g. an isotropic stack restored x4): slices are then invented between real ones with
-    no gain in resolution. None when the voxel size is unknown or the step stays >= ~x/y."""
-    new_z = grid.oversampled_z_step(volume.voxel_size, factor)
-    if new_z is None:
+    """:func:`grid.oversampling_note` for a file: what its voxel size is, then the note."""
+    note = grid.oversampling_note(volume.voxel_size, factor, volume.unit)
+    if note is None:
         return None
     z, y, x = volume.voxel_size
-    u = volume.unit
-    ratio = z / min(y, x)
-    advice = ("the stack is already isotropic: there is nothing to restore along z"
-              if ratio <= 1.05 else f"--factor auto gives {ratio:.4g}")
-    return (f"the file says {z:g} x {y:g} x {x:g} {u} (z, y, x); --factor {float(factor):g} "
-            f"makes the z step {new_z:.3g} {u}, finer than the {min(y, x):g} {u} pixels (the "
-            f"slices in between add no resolution); {advice}")
+    return f"the file says {z:g} x {y:g} x {x:g} {volume.unit} (z, y, x); {note}"
 
 
 def parse_params(args) -> dict:

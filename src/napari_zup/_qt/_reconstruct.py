@@ -57,25 +57,17 @@ TEXTURE_RATIO = 0.8
 
 
 def oversampling_note(layer, factor) -> str | None:
-    """The CLI's oversampling warning (:func:`grid.oversampled_z_step`) for a layer: None
-    when its scale is napari's default (no voxel size to judge by)."""
+    """:func:`grid.oversampling_note` for a layer: None when its scale is napari's default (no
+    voxel size to judge by)."""
     if layer_lacks_voxel_size(layer):
-        return None
-    vox = tuple(float(v) for v in layer.scale[-3:])
-    new_z = grid.oversampled_z_step(vox, factor)
-    if new_z is None:
         return None
     try:  # napari's units are pint units: "nm", not "nanometer"
         unit = format(layer.units[-1], "~")
     except (AttributeError, IndexError, TypeError, ValueError):
         unit = ""
-    unit = "" if unit in ("pixel", "px", "") else f" {unit}"
-    ratio = vox[0] / min(vox[1:])
-    advice = ("the layer is already isotropic: there is nothing to restore along z"
-              if ratio <= 1.05 else f"'from scale' gives ×{ratio:.4g}")
-    return (f"×{float(factor):g} makes the z step {new_z:.3g}{unit}, finer than the layer's "
-            f"{min(vox[1:]):g}{unit} pixels (the slices in between add no resolution); "
-            f"{advice}")
+    return grid.oversampling_note(tuple(float(v) for v in layer.scale[-3:]), factor,
+                                  "" if unit in ("pixel", "px") else unit, what="the layer",
+                                  auto="'from scale' gives ×{:.4g}")
 
 
 class ReconstructWidget(DockWidget):
