@@ -241,6 +241,14 @@ def main():
         clear()
 
     if want("train"):
+        import tempfile
+        from pathlib import Path
+
+        import napari_zup._qt._train as train_mod
+
+        # the job's checkpoints go to a temporary folder, not the user's ~/.cache/napari-zup
+        scratch = tempfile.TemporaryDirectory(prefix="zup-bench-train-")
+        train_mod.CACHE_DIR = Path(scratch.name)
         tr = dock("Train")  # its opening starts torch's import (TRAINING_MODULES)
         tr.layer_combo.set_layer(layer)
         tr.method_combo.setCurrentText("film")
@@ -258,6 +266,7 @@ def main():
         measure("Train film (10 s, then Stop)", train_start,
                 lambda: tr.status_text in ("done", "stopped", "failed"), train_during)
         print(f"    training steps run: {tr.trained['step']}", flush=True)
+        scratch.cleanup()
 
     load1 = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print("\n| job | longest GUI stall | of it a full garbage collection | job time | objects "

@@ -244,3 +244,39 @@ def test_train_cli_end_flags_option():
     assert config_from_args("film", ["--data", "a.tif"]).arch is None
     with pytest.raises(SystemExit):
         config_from_args("tsain", ["--data", "a.tif", "--end-flags"])
+    cfg = config_from_args("film", ["--data", "a.tif", "--dec-blocks", "2,2,1,0"])
+    assert cfg.arch == {"dec_blocks": [2, 2, 1, 0]}
+    for bad in ("2,2", "a,b,c,d", "1,1,1,-1"):
+        with pytest.raises(SystemExit):
+            config_from_args("film", ["--data", "a.tif", "--dec-blocks", bad])
+    with pytest.raises(SystemExit):
+        config_from_args("tsain", ["--data", "a.tif", "--dec-blocks", "1,1,1,1"])
+
+
+def test_decoder_blocks_start_as_the_model_they_extend_and_then_learn():
+    """``dec_blocks``: residual blocks after each decoder level's input; added to a trained
+    model (``expand_state``) they start as the identity (same output), their parameters get
+    gradients (a zero last convolution alone would not stop them learning), and once they have
+    weights the output changes."""
+    m2, arch = _random_two_knot()
+    m4 = build_film({**arch, "knots": 4, "end_flags": True}).eval()
+    m4.load_state_dict(expand_state(m2.state_dict(), m4))
+    mb = build_film({**arch, "knots": 4, "end_flags": True, "dec_blocks": [1, 2, 0, 1]}).eval()
+    mb.load_state_dict(expand_state(m4.state_dict(), mb))
+    assert (sum(p.numel() for p in mb.parameters())
+            > sum(p.numel() for p in m4.parameters()))
+    x = torch.rand(4, 1, 48, 56)
+    t = torch.tensor([0.3])
+    with torch.no_grad():
+        assert float((m4(x[1:2], x[2:3], t, (x[:1], x[3:]))[0]
+                      - mb(x[1:2], x[2:3], t, (x[:1], x[3:]))[0]).abs().max()) < 1e-6
+    out, _ = mb(x[1:2], x[2:3], t, (x[:1], x[3:]))
+    (out - x[2:3]).abs().mean().backward()
+    last = mb.dec_res[1][1].net[-1].weight
+    assert last.grad is not None and float(last.grad.abs().sum()) > 0
+    with torch.no_grad():
+        last.normal_(0, 0.05)
+        changed = mb(x[1:2], x[2:3], t, (x[:1], x[3:]))[0]
+        assert float((changed - m4(x[1:2], x[2:3], t, (x[:1], x[3:]))[0]).abs().max()) > 1e-4
+    with pytest.raises(ValueError, match="has no"):  # other missing weights are still refused
+        expand_state({k: v for k, v in m4.state_dict().items() if k != "head.bias"}, mb)

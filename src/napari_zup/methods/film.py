@@ -52,6 +52,7 @@ DEFAULT_ARCH = {
     "c1": 20,             # stage-1 feature channels (levels >= 1)
     "flow_width": [0, 32, 40, 48],   # hidden width of the flow estimator per level (0: none)
     "dec_width": [16, 24, 32, 48],   # fusion decoder width per level
+    "dec_blocks": [0, 0, 0, 0],      # residual blocks after the decoder's input per level
     "knots": 2,           # 2: the pair only; 4: also the outer knots z - 1 and z + 2
     "end_flags": False,   # (4 knots) also two planes saying which outer knot is missing
 }
@@ -70,6 +71,20 @@ def outer_flows(flows):
     ``(F_t->-1, F_t->2) = (2 F_t->0 - F_t->1, 2 F_t->1 - F_t->0)``."""
     f0, f1 = flows[:, :2], flows[:, 2:]
     return 2 * f0 - f1, 2 * f1 - f0
+
+
+class _Residual(nn.Module):
+    """``x + conv(act(conv(x)))``; the last convolution starts at zero, so a block added to a
+    trained model leaves its output as it was until it is trained (:func:`expand_state`)."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.net = nn.Sequential(_conv(width, width), _act(), _conv(width, width))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x):
+        return x + self.net(x)
 
 
 class _FlowEstimator(nn.Module):
@@ -100,7 +115,8 @@ class FilmNet(nn.Module):
     """FILM-style interpolator; ``encode`` once per knot, ``decode`` per output position."""
 
     def __init__(self, levels=4, c0=12, c1=20, flow_width=(0, 32, 40, 48),
-                 dec_width=(16, 24, 32, 48), knots=2, end_flags=False):
+                 dec_width=(16, 24, 32, 48), knots=2, end_flags=False,
+                 dec_blocks=(0, 0, 0, 0)):
         super().__init__()
         if knots not in (2, 4):
             raise ValueError(f"film: knots must be 2 or 4, got {knots!r}")
@@ -130,6 +146,10 @@ class FilmNet(nn.Module):
             self.dec_up.append(nn.Identity() if l + 1 >= levels else nn.Sequential(
                 nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
                 _conv(dec_width[l + 1], dec_width[l + 1]), _act()))
+        # more depth per decoder level (empty by default: no parameters)
+        self.dec_res = nn.ModuleList(
+            [nn.Sequential(*[_Residual(dec_width[l]) for _ in range(int(dec_blocks[l]))])
+             for l in range(levels)])
         self.head = nn.Conv2d(dec_width[0], 2, 3, 1, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
@@ -203,7 +223,7 @@ class FilmNet(nn.Module):
                           backward_warp(fm[l], om), backward_warp(fp[l], op)]
             if flags is not None:
                 parts.append(flags.expand(-1, -1, *fa[l].shape[-2:]))
-            x = self.dec_in[l](torch.cat(parts, 1))
+            x = self.dec_res[l](self.dec_in[l](torch.cat(parts, 1)))
             if l == 0:
                 wa0, wb0 = wia, wib
         head = self.head(x)
@@ -226,17 +246,23 @@ class FilmNet(nn.Module):
 def build_film(arch: dict) -> FilmNet:
     arch = {**DEFAULT_ARCH, **arch}
     return FilmNet(arch["levels"], arch["c0"], arch["c1"], tuple(arch["flow_width"]),
-                   tuple(arch["dec_width"]), int(arch["knots"]), bool(arch["end_flags"]))
+                   tuple(arch["dec_width"]), int(arch["knots"]), bool(arch["end_flags"]),
+                   tuple(arch["dec_blocks"]))
 
 
 def expand_state(state: dict, model: nn.Module) -> dict:
     """``state`` (e.g. a 2-knot checkpoint) as a state dict for ``model`` (e.g. 4 knots):
     tensors of equal shape are copied; a convolution with more input channels gets the old
     weights in its first channels and zeros in the new ones (which is where the outer knots'
-    inputs are), so the model computes what the old one did. Other mismatches are refused."""
+    inputs are), so the model computes what the old one did; residual decoder blocks the old
+    model lacks keep their fresh start (their last convolution is zero: no change either).
+    Other mismatches are refused."""
     out = {}
     for k, new in model.state_dict().items():
         old = state.get(k)
+        if old is None and k.startswith("dec_res."):
+            out[k] = new.clone()
+            continue
         if old is None:
             raise ValueError(f"the starting checkpoint has no {k!r}: another architecture")
         if old.shape == new.shape:

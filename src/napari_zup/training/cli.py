@@ -70,6 +70,9 @@ def build_parser(method: str) -> argparse.ArgumentParser:
     p.add_argument("--end-flags", action="store_true", default=None,
                    help="(film, 4 knots) also tell the model which outer knot is missing at "
                         "the volume ends (two new inputs, started at zero)")
+    p.add_argument("--dec-blocks", default=None, metavar="N,N,N,N",
+                   help="(film) residual blocks per decoder level, full resolution first "
+                        "(more capacity; blocks a checkpoint lacks start as the identity)")
     return p
 
 
@@ -99,8 +102,20 @@ def config_from_args(method: str, argv: list[str]) -> TrainConfig:
         p.error(f"--knots applies to film only, not {method}")
     if args.end_flags and method != "film":
         p.error(f"--end-flags applies to film only, not {method}")
+    blocks = None
+    if args.dec_blocks is not None:
+        if method != "film":
+            p.error(f"--dec-blocks applies to film only, not {method}")
+        try:
+            blocks = [int(x) for x in args.dec_blocks.split(",")]
+        except ValueError:
+            blocks = []
+        if len(blocks) != 4 or min(blocks) < 0:
+            p.error(f"--dec-blocks needs four counts >= 0 (one per decoder level, full "
+                    f"resolution first), e.g. 2,2,2,2; got {args.dec_blocks!r}")
     arch = {**({"knots": args.knots} if args.knots else {}),
-            **({"end_flags": True} if args.end_flags else {})}
+            **({"end_flags": True} if args.end_flags else {}),
+            **({"dec_blocks": blocks} if blocks is not None else {})}
     data = args.data if len(args.data) > 1 else args.data[0]
     return TrainConfig(
         method, data, out=args.out, val=args.val, minutes=args.minutes, steps=args.steps,
