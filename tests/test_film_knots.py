@@ -280,3 +280,16 @@ def test_decoder_blocks_start_as_the_model_they_extend_and_then_learn():
         assert float((changed - m4(x[1:2], x[2:3], t, (x[:1], x[3:]))[0]).abs().max()) > 1e-4
     with pytest.raises(ValueError, match="has no"):  # other missing weights are still refused
         expand_state({k: v for k, v in m4.state_dict().items() if k != "head.bias"}, mb)
+
+
+def test_decoder_blocks_widen_the_tile_halo(tmp_path):
+    """A film checkpoint with residual decoder blocks gets a larger tile halo (each block two
+    3 x 3 convolutions at its level's scale), so tiles still see their receptive field; the
+    bundled film keeps its 64 px."""
+    sd, meta = load_checkpoint(default_checkpoint("film"))
+    arch = {**meta["arch"], "dec_blocks": [1, 0, 2, 0]}
+    model = build_film(arch)
+    path = save_checkpoint(tmp_path / "deep.safetensors",
+                           expand_state(sd, model), {**meta, "arch": arch})
+    assert create_method("film", checkpoint=path).halo() == 64 + 2 * 1 + 2 * 2 * 4
+    assert create_method("film").halo() == 64

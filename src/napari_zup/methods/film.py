@@ -286,6 +286,12 @@ class Film(LearnedPairMethod):
     pad_multiple = 8
     receptive_halo = 64
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # a residual decoder block adds two 3 x 3 convolutions at its level's scale (2^l px)
+        self.receptive_halo = type(self).receptive_halo + sum(
+            2 * len(blocks) * 2 ** level for level, blocks in enumerate(self.model.dec_res))
+
     @classmethod
     def build_model(cls, arch):
         return build_film(arch)
