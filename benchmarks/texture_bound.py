@@ -30,13 +30,15 @@ def band_stats(stack: np.ndarray, factor: int, ratio: float):
     the nearest knot, and film's squared error (texture off)."""
     knots = stack[::factor]
     caught = []
+    real = tc.add_knot_texture
 
-    def catch(img, source, r, value_range, knot=None):  # the texture step, recorded only
+    def catch(img, source, r, value_range, knot=None):
+        # film's output (kept: texture off), its sources, and what the shipped rule makes
         caught.append((np.array(img, np.float64), np.asarray(source, np.float64),
-                       np.asarray(knot, np.float64)))
+                       np.asarray(knot, np.float64),
+                       np.asarray(real(img, source, r, value_range, knot), np.float64)))
         return img
 
-    real = tc.add_knot_texture
     tc.add_knot_texture = catch
     try:
         m = Film(texture=ratio, device="cpu")
@@ -47,16 +49,17 @@ def band_stats(stack: np.ndarray, factor: int, ratio: float):
         tc.add_knot_texture = real
     hb = tc.high_band
     rows = []
-    for (p, s, near), q in zip(caught, pos):
+    for (p, s, near, shipped), q in zip(caught, pos):
         x = stack[int(round(q * factor))].astype(np.float64)
         ph, sh, xh, nh = hb(p), hb(s), hb(x), hb(near)
         rows.append([(ph * ph).sum(), (ph * sh).sum(), (sh * sh).sum(), (xh * ph).sum(),
-                     (xh * sh).sum(), (nh * nh).sum(), ((p - x) ** 2).sum()])
+                     (xh * sh).sum(), (nh * nh).sum(), ((p - x) ** 2).sum(),
+                     ((shipped - x) ** 2).sum()])
     return np.array(rows)
 
 
 def costs(rows: np.ndarray, ratio: float) -> dict:
-    pp, ps, ss, xp, xs, nn, mse = rows.T
+    pp, ps, ss, xp, xs, nn, mse, mse_shipped = rows.T
     target = ratio * nn
 
     def db(a, b):  # PSNR change of the volume when film's band becomes a ph + b sh
@@ -64,16 +67,13 @@ def costs(rows: np.ndarray, ratio: float) -> dict:
         old = -2 * xp + pp
         return -10 * math.log10((mse + new - old).sum() / mse.sum())
 
-    # shipped rule: ph + g sh, g >= 0 the larger root of |ph + g sh|^2 = target
-    c = pp - target
-    g = np.maximum(0, (-2 * ps + np.sqrt(np.maximum(4 * ps * ps - 4 * ss * c, 0))) / (2 * ss))
     gram = np.stack([np.stack([pp, ps], -1), np.stack([ps, ss], -1)], -2)
     d = np.linalg.solve(gram, np.stack([xp, xs], -1)[..., None])[..., 0]
     e = d[:, 0] ** 2 * pp + 2 * d[:, 0] * d[:, 1] * ps + d[:, 1] ** 2 * ss
     k = np.sqrt(target / e)
     return {"slices": len(rows), "film band / knot": float((pp / nn).mean()),
             "aligned band / knot": float((ss / nn).mean()),
-            "shipped rule dB": db(np.ones_like(g), g),
+            "shipped rule dB": -10 * math.log10(mse_shipped.sum() / mse.sum()),
             "oracle dB": db(k * d[:, 0], k * d[:, 1]),
             "film's band x a only dB": db(np.sqrt(target / pp), np.zeros_like(pp))}
 

@@ -19,6 +19,16 @@ FAMILY_FLAGS = {
     "--degradation": ("degradation", "axial"),
     "--rows": ("rows", "axial"),
 }
+#: film's architecture options: flag -> its argparse name, which is also its arch key
+FILM_ARCH_FLAGS = {"--knots": "knots", "--end-flags": "end_flags", "--dec-blocks": "dec_blocks"}
+
+
+def _int_list(text) -> list[int] | None:
+    """``"2,4,8"`` -> ``[2, 4, 8]``; None when it is not a comma list of integers."""
+    try:
+        return [int(x) for x in str(text).split(",")]
+    except ValueError:
+        return None
 
 
 def build_parser(method: str) -> argparse.ArgumentParser:
@@ -87,9 +97,8 @@ def config_from_args(method: str, argv: list[str]) -> TrainConfig:
                     f"{kind} methods ({'film, tsain' if kind == 'pair' else 'niiv, a2i'})")
     factors = None
     if args.factor is not None:
-        try:
-            factors = [int(x) for x in str(args.factor).split(",")]
-        except ValueError:
+        factors = _int_list(args.factor)
+        if factors is None:
             p.error(f"--factor must be an integer or a comma list of integers, got "
                     f"{args.factor!r}")
     if args.resume:
@@ -98,24 +107,17 @@ def config_from_args(method: str, argv: list[str]) -> TrainConfig:
         init = args.init
     else:
         init = None if args.from_scratch else "bundled"
-    if args.knots is not None and method != "film":
-        p.error(f"--knots applies to film only, not {method}")
-    if args.end_flags and method != "film":
-        p.error(f"--end-flags applies to film only, not {method}")
-    blocks = None
+    for flag, name in FILM_ARCH_FLAGS.items():
+        if getattr(args, name) is not None and method != "film":
+            p.error(f"{flag} applies to film only, not {method}")
     if args.dec_blocks is not None:
-        if method != "film":
-            p.error(f"--dec-blocks applies to film only, not {method}")
-        try:
-            blocks = [int(x) for x in args.dec_blocks.split(",")]
-        except ValueError:
-            blocks = []
+        blocks = _int_list(args.dec_blocks) or []
         if len(blocks) != 4 or min(blocks) < 0:
             p.error(f"--dec-blocks needs four counts >= 0 (one per decoder level, full "
                     f"resolution first), e.g. 2,2,2,2; got {args.dec_blocks!r}")
-    arch = {**({"knots": args.knots} if args.knots else {}),
-            **({"end_flags": True} if args.end_flags else {}),
-            **({"dec_blocks": blocks} if blocks is not None else {})}
+        args.dec_blocks = blocks
+    arch = {name: getattr(args, name) for name in FILM_ARCH_FLAGS.values()
+            if getattr(args, name) is not None}
     data = args.data if len(args.data) > 1 else args.data[0]
     return TrainConfig(
         method, data, out=args.out, val=args.val, minutes=args.minutes, steps=args.steps,
